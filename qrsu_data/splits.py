@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -66,6 +67,30 @@ class SplitSpec:
         if self.holdout_fraction != default.holdout_fraction:
             parts.append(f"holdout{self.holdout_fraction:g}")
         return "-".join(parts)
+
+    @classmethod
+    def from_name(cls, name: str) -> SplitSpec:
+        """The spec whose ``name`` is ``name`` (e.g. ``hard-train1000-seed3``); ValueError names the valid forms."""
+        level, *parts = name.split("-") if isinstance(name, str) else [None]
+        kwargs: dict = {}
+        fields = {"train": "train_size", "test": "test_size", "seed": "seed"}
+        try:
+            for part in parts:
+                m = re.fullmatch(r"(train|test|seed)(\d+)|holdout([0-9.e+-]+)", part)
+                if m is None:
+                    raise ValueError(part)
+                if m.group(1):
+                    kwargs[fields[m.group(1)]] = int(m.group(2))
+                else:
+                    kwargs["holdout_fraction"] = float(m.group(3))
+            spec = cls(level, **kwargs)
+            ok = spec.name == name
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"unknown config {name!r}; choose one of: {', '.join(task.LEVELS)}, or a level with "
+                             f"other sizes or seed such as 'hard-train1000-test100-seed3'")
+        return spec
 
     def size(self, split: str) -> int:
         """Number of examples of ``split``."""

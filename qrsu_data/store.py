@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from qrsu_data import task
+from qrsu_data import splits
 
 DATASET_NAME = "temporal_order"
 DATA_DIR_ENV = "QRSU_DATA_DIR"
@@ -28,10 +28,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 def check_config(config: str) -> str:
     """Returns ``config`` if it names a dataset config; raises ValueError listing the valid ones."""
-    # Custom sizes or seeds give names like "hard-train1000000-seed3" (see SplitSpec.name).
-    level = config.split("-", 1)[0] if isinstance(config, str) else None
-    if level not in task.LEVELS:
-        raise ValueError(f"unknown config {config!r}; choose one of: {', '.join(task.LEVELS)}")
+    splits.SplitSpec.from_name(config)  # a level, or a level with sizes/seed like "hard-train1000000-seed3"
     return config
 
 
@@ -49,7 +46,16 @@ def is_built(config: str, data_dir: str | os.PathLike | None = None) -> bool:
 
 def build_command(config: str, data_dir: str | os.PathLike | None = None) -> str:
     """The shell command that builds ``config`` into ``data_dir``."""
-    return f"python -m pipelines.build_dataset --config {config} --data-dir {resolve_data_dir(data_dir)}"
+    spec = splits.SplitSpec.from_name(config)
+    default = splits.SplitSpec(spec.level)
+    if spec.holdout_fraction != default.holdout_fraction:
+        return (f"python -c \"from qrsu_data import store; store.build({config!r}, "
+                f"{str(resolve_data_dir(data_dir))!r})\"")
+    flags = [f"--{flag} {getattr(spec, field)}" for flag, field in
+             (("train-size", "train_size"), ("test-size", "test_size"), ("seed", "seed"))
+             if getattr(spec, field) != getattr(default, field)]
+    return " ".join([f"python -m pipelines.build_dataset --config {spec.level} "
+                     f"--data-dir {resolve_data_dir(data_dir)}", *flags])
 
 
 def check_writable(data_dir: Path) -> None:
@@ -84,13 +90,16 @@ def remove_stale_incomplete(config_dir: Path) -> list[Path]:
     return stale
 
 
-def build(level: str, data_dir: str | os.PathLike | None = None, file_format: str = "array_record",
+def build(config: str, data_dir: str | os.PathLike | None = None, file_format: str = "array_record",
           **spec_kwargs) -> Path:
-    """Builds a level (optionally with other SplitSpec sizes/seed) unless already built; returns its folder."""
+    """Builds a config (a level or a name like ``hard-train1000``) unless already built; returns its folder."""
     from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 
-    if level not in task.LEVELS:
-        raise ValueError(f"unknown config {level!r}; choose one of: {', '.join(task.LEVELS)}")
+    spec = splits.SplitSpec.from_name(config)
+    level, spec_kwargs = spec.level, {**{f: getattr(spec, f) for f in ("train_size", "test_size", "seed",
+                                                                         "holdout_fraction")}, **spec_kwargs}
+    if splits.SplitSpec(level, **spec_kwargs) == splits.SplitSpec(level):
+        spec_kwargs = {}
     if file_format not in FILE_FORMATS:
         raise ValueError(f"unknown file_format {file_format!r}; choose one of: {', '.join(FILE_FORMATS)}")
     root = resolve_data_dir(data_dir)

@@ -192,3 +192,19 @@ def test_interrupted_build_recovers(tmp_path, sig):
     path = store.build("nightmare", tmp_path, train_size=100_000, test_size=100)
     assert not list(config_dir.glob("incomplete.*"))  # what the killed build left is gone
     assert len(tfds.builder_from_directory(os.fspath(path)).as_data_source()["train"]) == 100_000
+
+
+def test_config_names_round_trip_and_name_their_build_command(tmp_path):
+    spec = splits.SplitSpec.from_name("hard-train1000-test100-seed3")
+    assert (spec.level, spec.train_size, spec.test_size, spec.seed) == ("hard", 1000, 100, 3)
+    assert splits.SplitSpec.from_name("exp6b") == splits.SplitSpec("exp6b")
+    for bad in ("hard-train", "hard-foo1", "hard-train100000", "hardest", "hard-seed0"):
+        with pytest.raises(ValueError, match="unknown config"):
+            splits.SplitSpec.from_name(bad)
+    cmd = store.build_command("easy-train300-test50", tmp_path)
+    assert cmd == f"python -m pipelines.build_dataset --config easy --data-dir {tmp_path} --train-size 300 --test-size 50"
+    res = _run(cmd.split())
+    assert res.returncode == 0, res.stderr
+    assert store.is_built("easy-train300-test50", tmp_path)
+    # store.build takes the same names.
+    assert store.build("easy-train300-test50", tmp_path) == store.dataset_dir("easy-train300-test50", tmp_path)
