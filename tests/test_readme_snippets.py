@@ -1,4 +1,4 @@
-"""Every Python snippet of the README's loading sections runs as written, on a freshly built full-size `hard`."""
+"""Every Python snippet of the README's loading and model sections runs as written, on a freshly built `hard`."""
 
 import os
 import re
@@ -11,7 +11,7 @@ import pytest
 from qrsu_data import store
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Loading batches", "## Use the dataset from")
+SECTIONS = ("## Loading batches", "## Use the dataset from", "## Models")
 
 
 def _snippets() -> list[tuple[str, str]]:

@@ -1,0 +1,186 @@
+"""Training throughput: our train step (as `python -m pipelines.train` runs it) vs PyTorch vs the seed notebook.
+
+    python benchmarks/train_throughput.py [--levels hard nightmare] [--batch-sizes 32 256]
+                                          [--cells lstm rnn gru] [--seconds 3] [--no-seed]
+
+For each level, batch size and cell, side by side in one process: sequences per second of a full training
+step (forward, backward, Adam update) and the first step's time (compilation included), for
+- ours: `pipelines.steps.TrainState.train_step`, the jitted step the training pipeline uses;
+- torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam (skipped if torch is absent);
+- seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
+Batches are prepared before timing, so only the step is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from pipelines.config import TrainConfig
+from pipelines.sharding import Sharding
+from pipelines.steps import TrainState
+from qrsu_data import task
+
+
+def make_batches(level: task.Level, batch_size: int, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` pre-padded batches of real task sequences."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        b = task.generate(level, batch_size, rng)
+        tokens = np.zeros((batch_size, level.max_length), np.int32)
+        for i, seq in enumerate(b.sequences()):
+            tokens[i, level.max_length - len(seq):] = seq
+        out.append({"tokens": tokens, "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)})
+    return out
+
+
+def _timed(step, batches, seconds: float) -> tuple[float, float]:
+    """(first-step seconds, steady-state steps per second) of ``step`` over ``batches``, cycling."""
+    t0 = time.perf_counter()
+    step(batches[0], block=True)
+    first = time.perf_counter() - t0
+    step(batches[1], block=True)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        last = step(batches[n % len(batches)], block=False)
+        n += 1
+        if n % 10 == 0 and time.perf_counter() - t0 > seconds:
+            break
+    jax.block_until_ready(last)
+    return first, n / (time.perf_counter() - t0)
+
+
+def ours(cell: str, level: str, batch_size: int, batches, seconds: float) -> tuple[float, float]:
+    """Our jitted step, exactly as the training pipeline builds it."""
+    sharding = Sharding.create()
+    ts = TrainState.create(TrainConfig(model=cell, difficulty=level, batch_size=batch_size), sharding)
+    placed = [sharding.put_batch(b) for b in batches]
+
+    def step(b, block):
+        loss = ts.train_step(b)
+        return jax.block_until_ready(loss) if block else loss
+
+    return _timed(step, placed, seconds)
+
+
+def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: float):
+    """PyTorch's built-in recurrent layer with the same shapes and optimizer."""
+    import torch
+
+    torch.manual_seed(0)
+    layer = {"lstm": lambda: torch.nn.LSTM(8, 64, batch_first=True),
+             "gru": lambda: torch.nn.GRU(8, 64, batch_first=True),
+             "rnn": lambda: torch.nn.RNN(8, 64, nonlinearity="relu", batch_first=True)}[cell]()
+    head = torch.nn.Linear(64, level.num_classes)
+    opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=1e-4)
+    eye = torch.eye(8)
+    prepared = []
+    for b in batches:
+        x = eye[torch.from_numpy(b["tokens"]).long()]
+        x[torch.from_numpy(b["tokens"] == 0) & (torch.arange(level.max_length)[None, :] <
+                                                 torch.from_numpy(level.max_length - b["lengths"])[:, None])] = 0
+        prepared.append((x, torch.from_numpy(b["label"]).long()))
+
+    def step(b, block):
+        x, y = b
+        opt.zero_grad(set_to_none=True)
+        out, _ = layer(x)
+        loss = torch.nn.functional.cross_entropy(head(out[:, -1]), y)
+        loss.backward()
+        opt.step()
+        return None
+
+    return _timed(step, prepared, seconds)
+
+
+def seed_step(cell: str, level: task.Level, batches, steps: int = 2) -> tuple[float, float]:
+    """The seed notebook's SimpleLSTM/SimpleRNN, Python time loop, un-jitted step (as in its Langkah 3-4)."""
+    import optax
+    from flax import nnx
+
+    class SeedModel(nnx.Module):
+        # The notebook's SimpleRNN / SimpleLSTM, line for line.
+        def __init__(self, rngs):
+            self.cell = (nnx.LSTMCell if cell == "lstm" else nnx.SimpleCell)(8, 64, rngs=rngs)
+            self.linear = nnx.Linear(64, level.num_classes, rngs=rngs)
+
+        def __call__(self, x):
+            b = x.shape[0]
+            h = jax.numpy.zeros((b, 64))
+            c = jax.numpy.zeros((b, 64))
+            h_list = []
+            for t in range(x.shape[1]):
+                if cell == "lstm":
+                    (h, c), h_out = self.cell((h, c), x[:, t, :])
+                    h_list.append(h_out)
+                else:
+                    h, h_out = self.cell(h, x[:, t, :])
+                    h = nnx.relu(h)
+                    h_list.append(h)
+            return self.linear(jax.numpy.stack(h_list, axis=1))
+
+    model = SeedModel(nnx.Rngs(42))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-4), wrt=nnx.Param)
+    xs = [(task.one_hot([t[t.size - n:] for t, n in zip(b["tokens"], b["lengths"])], level.max_length + 1),
+           b["label"]) for b in batches]
+
+    def step(b):
+        x, y = b
+
+        def loss_fn(m):
+            logits = m(x)[:, -1, :]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return jax.block_until_ready(loss)
+
+    t0 = time.perf_counter()
+    step(xs[0])
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(xs[(i + 1) % len(xs)])
+    return first, steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    """Runs every case and prints one table with ratios."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levels", nargs="+", default=["hard", "nightmare"], choices=list(task.LEVELS))
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
+    p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=["lstm", "rnn", "gru"])
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
+    p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
+    args = p.parse_args()
+    try:
+        import torch
+
+        have_torch = True
+        torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        have_torch = False
+        torch_note = "torch not installed: PyTorch columns skipped (pip install torch==2.13.0)"
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}; {torch_note}")
+    header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
+              f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}")
+    print(header)
+    for level_name in args.levels:
+        level = task.get_level(level_name)
+        for bs in args.batch_sizes:
+            batches = make_batches(level, bs, 8)
+            for cell in args.cells:
+                of, ot = ours(cell, level_name, bs, batches, args.seconds)
+                tf_, tt = torch_step(cell, level, bs, batches, args.seconds) if have_torch else (np.nan, np.nan)
+                run_seed = not args.no_seed and bs == 32 and cell in ("lstm", "rnn")
+                sf, st = seed_step(cell, level, batches) if run_seed else (np.nan, np.nan)
+                print(f"{level_name:<10}{bs:>6} {cell:<5}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}{tf_:>9.2f}"
+                      f"{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""What a run leaves for people to read: history.json, config.json and the learning-curve plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as JSON atomically: readers see the old file or the new one, never a half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_history() -> dict[str, list]:
+    """An empty per-epoch history, with the seed notebook's keys."""
+    return {k: [] for k in (*HISTORY_KEYS, "epoch", "sequences_seen", "wall_time_s")}
+
+
+def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = "") -> None:
+    """Saves train/test loss and accuracy per epoch side by side (the seed notebook's step 7) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = history.get("epoch") or list(range(1, len(history["train_loss"]) + 1))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, name in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
+        ax.plot(epochs, history[f"train_{key}"], marker="o", label=f"Train {name.lower()}")
+        ax.plot(epochs, history[f"test_{key}"], marker="o", label=f"Test {name.lower()}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_acc.set_ylim(0, 1.02)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,124 @@
+"""The training state (model, optimizer, metrics) and its one jitted train step and one jitted eval step."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import optax
+from flax import nnx
+
+from pipelines.config import TrainConfig
+from pipelines.sharding import Sharding
+from qrsu_data import task
+from qrsu_models import SequenceClassifier
+
+
+def create_model(config: TrainConfig) -> SequenceClassifier:
+    """The configured classifier, initialised from ``config.seed``."""
+    # Chrono initialisation spreads the forget gates' time scales up to the level's sequence length.
+    return SequenceClassifier(config.model, hidden=config.hidden, num_classes=config.num_classes,
+                              lstm_init=config.lstm_init, chrono_max=task.get_level(config.difficulty).padded_length,
+                              rngs=nnx.Rngs(config.seed))
+
+
+def create_tx(config: TrainConfig) -> optax.GradientTransformation:
+    """The configured optimizer, with global-norm gradient clipping when ``clip_norm`` > 0."""
+    tx = optax.adam(config.lr)
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx) if config.clip_norm > 0 else tx
+
+
+def create_metrics() -> nnx.MultiMetric:
+    """Mean loss and accuracy, as in the seed notebook."""
+    return nnx.MultiMetric(loss=nnx.metrics.Average(), accuracy=nnx.metrics.Accuracy())
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The objects a run trains and measures, with their jitted steps."""
+
+    model: SequenceClassifier
+    optimizer: nnx.Optimizer
+    train_metrics: nnx.MultiMetric
+    eval_metrics: nnx.MultiMetric
+    padding: str
+    sharding: Sharding
+    state: Any = None  # nnx.State of (model, optimizer, train_metrics, eval_metrics), on the mesh
+    _graphdef: Any = None
+    _train: Callable | None = None
+    _eval: Callable | None = None
+
+    @classmethod
+    def create(cls, config: TrainConfig, sharding: Sharding) -> TrainState:
+        """Fresh model, optimizer and metrics for ``config``, replicated over the mesh."""
+        model = create_model(config)
+        optimizer = nnx.Optimizer(model, create_tx(config), wrt=nnx.Param)
+        ts = cls(model, optimizer, create_metrics(), create_metrics(), config.padding, sharding)
+        ts._graphdef, state = nnx.split((ts.model, ts.optimizer, ts.train_metrics, ts.eval_metrics))
+        ts.state = sharding.replicate(state)
+        rep, bat = sharding.replicated, sharding.batch
+        # The graph is split once: the jitted functions take and return plain pytrees, so no NNX graph
+        # traversal happens per step; the old state's buffers are donated to the new one.
+        ts._train = jax.jit(functools.partial(_train_step, ts._graphdef, ts.padding),
+                            in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
+        ts._eval = jax.jit(functools.partial(_eval_step, ts._graphdef, ts.padding),
+                           in_shardings=(rep, bat), out_shardings=rep, donate_argnums=0)
+        return ts
+
+    def train_step(self, batch: dict[str, jax.Array]) -> jax.Array:
+        """One optimizer step on ``batch``; returns the batch's mean loss (a device scalar)."""
+        self.state, loss = self._train(self.state, batch)
+        return loss
+
+    def eval_step(self, batch: dict[str, jax.Array]) -> None:
+        """Adds ``batch`` (masked: padded rows ignored) to the eval metrics."""
+        self.state = self._eval(self.state, batch)
+
+    def objects(self) -> tuple[SequenceClassifier, nnx.Optimizer, nnx.MultiMetric, nnx.MultiMetric]:
+        """(model, optimizer, train metrics, eval metrics) holding the current state."""
+        nnx.update((self.model, self.optimizer, self.train_metrics, self.eval_metrics), self.state)
+        return self.model, self.optimizer, self.train_metrics, self.eval_metrics
+
+    def compute(self, which: str) -> dict[str, float]:
+        """The current values of the ``train`` or ``eval`` metrics."""
+        _, _, tm, em = self.objects()
+        return {k: float(v) for k, v in (tm if which == "train" else em).compute().items()}
+
+    def reset(self, which: str) -> None:
+        """Zeroes the ``train`` or ``eval`` metrics."""
+        _, _, tm, em = self.objects()
+        (tm if which == "train" else em).reset()
+        self.state = self.sharding.replicate(nnx.state((self.model, self.optimizer, tm, em)))
+
+    def pure_state(self) -> dict:
+        """The whole state as a nested dict of arrays (what a checkpoint stores)."""
+        return nnx.to_pure_dict(self.state)
+
+    def load_pure_state(self, pure: dict) -> None:
+        """Replaces the state by a dict of the same structure as ``pure_state()``'s."""
+        state = self.state
+        nnx.replace_by_pure_dict(state, pure)
+        self.state = self.sharding.replicate(state)
+
+
+def _loss(model: SequenceClassifier, batch: dict[str, jax.Array], padding: str):
+    logits = model(batch["tokens"], batch["lengths"], padding=padding)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return losses.mean(), (logits, losses)
+
+
+def _train_step(graphdef, padding: str, state, batch):
+    model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
+    (loss, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, batch, padding)
+    optimizer.update(model, grads)
+    train_metrics.update(values=losses, logits=logits, labels=batch["label"])
+    return nnx.state((model, optimizer, train_metrics, eval_metrics)), loss
+
+
+def _eval_step(graphdef, padding: str, state, batch):
+    model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
+    _, (logits, losses) = _loss(model, batch, padding)
+    eval_metrics.update(values=losses, logits=logits, labels=batch["label"], mask=batch["mask"])
+    return nnx.state((model, optimizer, train_metrics, eval_metrics))

@@ -1,0 +1,128 @@
+"""Many-to-one sequence classifier over token ids: embedding-as-gather -> scanned RNN/LSTM/GRU -> Linear.
+
+Mathematically the seed notebook's model (``SimpleRNN`` / ``SimpleLSTM``: one-hot input, hidden 64, the last
+hidden state into ``nnx.Linear``), with three changes that do not change the function it computes:
+
+* the input is token ids, and the one-hot @ W_ih + b product is a gather from a [vocab, G*H] table, done for
+  all steps at once before the time loop;
+* the recurrent weights of all gates are fused into one [H, G*H] kernel (one matmul per step);
+* variable lengths are exact: the state only advances on real tokens (see :mod:`qrsu_models.recurrence` for
+  how 'post' padding is rolled into 'pre' padding so no mask is needed inside the loop), so a sequence's
+  logits do not depend on how much padding its batch adds.
+
+For a jitted training loop use the functional form: ``graphdef, params = nnx.split(model)`` and
+``apply_fn(graphdef)(params, tokens, lengths)`` inside a pure function (see benchmarks/model_step.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qrsu_data import task
+from qrsu_models import initializers, recurrence
+
+CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
+"""Recurrent cells: the seed's ReLU RNN (nnx.SimpleCell then relu), flax's LSTMCell, flax's GRUCell."""
+LSTM_INITS: tuple[str, ...] = initializers.LSTM_INITS
+PADDINGS: tuple[str, ...] = ("pre", "post")
+"""'pre': the real tokens are the last ``length`` steps of a row (the seed's layout); 'post': the first."""
+
+
+def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _check_positive(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def pre_padded_time_major(tokens: jax.Array, lengths: jax.Array, padding: str, vocab_size: int) -> jax.Array:
+    """Token ids [T, B] with the real tokens last and every padded step set to ``vocab_size`` (no input)."""
+    _check_choice("padding", padding, PADDINGS)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+    batch, steps = tokens.shape
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must be [batch] = [{batch}], got shape {lengths.shape}")
+    tokens = tokens.astype(jnp.int32)
+    lengths = jnp.clip(lengths.astype(jnp.int32), 0, steps)
+    t = jnp.arange(steps, dtype=jnp.int32)[None, :]
+    start = steps - lengths[:, None]  # first real step in the pre-padded layout
+    if padding == "post":
+        # Roll each row right by its padding so the same tokens end at the last step. Processing them from a
+        # zero state after zero-input padded steps gives the same final state as stopping after the last real
+        # token, so 'post' costs one gather on int tokens and nothing in the loop.
+        tokens = jnp.take_along_axis(tokens, jnp.clip(t - start, 0, steps - 1), axis=1)
+    return jnp.where(t >= start, tokens, vocab_size).T
+
+
+@functools.partial(jax.jit, static_argnames=("cell", "padding", "vocab_size", "unroll", "custom_grad"))
+def _last_hidden(w_in: jax.Array, bias: jax.Array, w_hh: jax.Array, tokens: jax.Array, lengths: jax.Array, *,
+                 cell: str, padding: str, vocab_size: int, unroll: int, custom_grad: bool) -> jax.Array:
+    # jitted so that eager calls compile once per shape instead of dispatching op by op; under an outer jit
+    # (the training step) it is simply inlined.
+    tok = pre_padded_time_major(tokens, lengths, padding, vocab_size)
+    # Bias folded into the table rows: a padded step (id = vocab_size) gets no bias, hence exactly zero input.
+    return recurrence.last_hidden(cell, tok, w_in + bias, w_hh, unroll=unroll, custom_grad=custom_grad)
+
+
+class SequenceClassifier(nnx.Module):
+    """Token ids [B, T] + lengths [B] -> logits [B, num_classes] through a scanned RNN/LSTM/GRU."""
+
+    def __init__(self, cell: str = "lstm", *, hidden: int = 64, num_classes: int = 4,
+                 vocab_size: int = task.VOCAB_SIZE, lstm_init: str = "default", forget_bias: float = 1.0,
+                 chrono_max: int | None = None, unroll: int = 1, rngs: nnx.Rngs):
+        _check_choice("cell", cell, CELLS)
+        _check_choice("lstm_init", lstm_init, LSTM_INITS)
+        if cell != "lstm" and lstm_init != "default":
+            raise ValueError(f"lstm_init {lstm_init!r} applies to cell='lstm' only (got cell={cell!r}); "
+                             f"use lstm_init='default' with {cell!r}")
+        _check_positive("hidden", hidden)
+        _check_positive("num_classes", num_classes)
+        _check_positive("vocab_size", vocab_size)
+        _check_positive("unroll", unroll)
+        self.cell = cell
+        self.hidden = hidden
+        self.num_classes = num_classes
+        self.vocab_size = vocab_size
+        self.unroll = unroll
+        width = recurrence.GATES[cell] * hidden
+        # Fixed draw order (table, recurrent, bias, head) so a seed always gives the same model.
+        self.w_in = nnx.Param(initializers.input_table(rngs.params(), vocab_size, width))
+        self.w_hh = nnx.Param(initializers.recurrent_kernel(rngs.params(), cell, hidden))
+        if cell == "lstm":
+            bias = initializers.lstm_gate_bias(rngs.params(), hidden, lstm_init, forget_bias=forget_bias,
+                                               chrono_max=chrono_max)
+        else:
+            bias = jnp.zeros((width,), jnp.float32)
+        self.bias = nnx.Param(bias)
+        self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def last_hidden(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre", *,
+                    custom_grad: bool = True) -> jax.Array:
+        """The hidden state after each row's last real token, [B, hidden]."""
+        _check_choice("padding", padding, PADDINGS)  # before jit, so the error names the value
+        return _last_hidden(self.w_in[...], self.bias[...], self.w_hh[...], jnp.asarray(tokens),
+                            jnp.asarray(lengths), cell=self.cell, padding=padding, vocab_size=self.vocab_size,
+                            unroll=self.unroll, custom_grad=custom_grad)
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row."""
+        return self.head(self.last_hidden(tokens, lengths, padding))
+
+
+def apply_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+    """Pure ``(params, tokens, lengths, padding='pre') -> logits`` for ``graphdef, params = nnx.split(model)``."""
+
+    def apply(params: nnx.State, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        # merge is trace-time bookkeeping only; inside jit this compiles to the bare computation.
+        return nnx.merge(graphdef, params)(tokens, lengths, padding)
+
+    return apply
