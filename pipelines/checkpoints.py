@@ -47,6 +47,11 @@ class Checkpointer:
         ))
         return restored["state"], restored["meta"]
 
+    def restore_state(self, step: int, target_state: dict) -> dict:
+        """Only the model, optimizer and metric state of checkpoint ``step``."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target_state)))["state"]
+
     def restore_meta(self, step: int) -> dict:
         """Only the metadata of checkpoint ``step``."""
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -41,6 +41,10 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     eval_batch_size: int = 1000
+    coordinator_address: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    distributed: bool = False
 
     def __post_init__(self):
         if not self.workdir:
@@ -66,6 +70,16 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not self.clip_norm >= 0:
             raise ValueError(f"clip_norm must be >= 0 (0 disables clipping), got {self.clip_norm!r}")
+        if not isinstance(self.num_processes, int) or self.num_processes < 1:
+            raise ValueError(f"num_processes must be a positive integer, got {self.num_processes!r}")
+        if not isinstance(self.process_id, int) or not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"process_id must lie in 0..{self.num_processes - 1}, got {self.process_id!r}")
+        if self.num_processes > 1 and not self.coordinator_address:
+            raise ValueError("--num-processes > 1 needs --coordinator-address HOST:PORT (process 0's address)")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) % self.num_processes:
+                raise ValueError(f"{name} {getattr(self, name)} is not divisible by the {self.num_processes} "
+                                 f"processes; each process loads an equal part of every batch")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         return self
@@ -113,6 +127,10 @@ _HELP = {
     "resume": "continue the run saved in --workdir",
     "overwrite": "delete what --workdir holds and start afresh",
     "eval_batch_size": "batch size of evaluation (the whole test split is evaluated, every example once)",
+    "coordinator_address": "multi-process runs: HOST:PORT of process 0 (jax.distributed coordinator)",
+    "num_processes": "multi-process runs: how many processes take part",
+    "process_id": "multi-process runs: this process's index, 0..num_processes-1",
+    "distributed": "call jax.distributed.initialize() and let JAX detect the cluster (SLURM, TPU pods, ...)",
 }
 
 

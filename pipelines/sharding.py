@@ -11,6 +11,29 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def initialize_processes(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0,
+                         auto: bool = False) -> None:
+    """Joins a multi-process JAX run (jax.distributed) when asked; a no-op for a single process."""
+    if num_processes > 1 or coordinator_address:
+        jax.distributed.initialize(coordinator_address=coordinator_address or None, num_processes=num_processes,
+                                   process_id=process_id)
+    elif auto:
+        jax.distributed.initialize()  # cluster auto-detection: SLURM, Open MPI, TPU pods, ...
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files and prints its progress (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sharding:
     """A 1-D data-parallel mesh over every visible device of every process."""
@@ -49,5 +72,19 @@ class Sharding:
         return {k: jax.make_array_from_process_local_data(self.batch, v) for k, v in local_batch.items()}
 
     def replicate(self, tree):
-        """``tree`` copied onto every device."""
-        return jax.device_put(tree, self.replicated)
+        """``tree`` copied onto every device (of every process)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+
+        def put(x):
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                return x  # already a global array
+            host = np.asarray(x)  # the same value in every process (same seed, same steps)
+            return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
+
+        return jax.tree.map(put, tree)
+
+
+def local_value(x) -> np.ndarray:
+    """The host value of a replicated array, also when other processes hold copies of it."""
+    return np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)

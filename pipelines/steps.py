@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding
+from pipelines.sharding import Sharding, local_value
 from qrsu_data import task
 from qrsu_models import SequenceClassifier
 
@@ -84,7 +84,7 @@ class TrainState:
     def compute(self, which: str) -> dict[str, float]:
         """The current values of the ``train`` or ``eval`` metrics."""
         _, _, tm, em = self.objects()
-        return {k: float(v) for k, v in (tm if which == "train" else em).compute().items()}
+        return {k: float(local_value(v)) for k, v in (tm if which == "train" else em).compute().items()}
 
     def reset(self, which: str) -> None:
         """Zeroes the ``train`` or ``eval`` metrics."""

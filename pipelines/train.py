@@ -18,7 +18,7 @@ import tqdm
 from pipelines import reporting
 from pipelines.checkpoints import Checkpointer
 from pipelines.config import TrainConfig, from_args, load
-from pipelines.sharding import Sharding
+from pipelines.sharding import Sharding, barrier, initialize_processes, is_primary, local_value
 from pipelines.steps import TrainState
 from qrsu_data import loaders, store
 
@@ -77,8 +77,19 @@ def _interrupt_flag() -> Iterator[dict]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _stop_requested(flag: dict, at_check: bool) -> bool:
+    """Whether a Ctrl-C asks to stop; with several processes, agreed by all at check steps only."""
+    if jax.process_count() == 1:
+        return flag["set"]
+    if not at_check:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag["set"]))))
+
+
 def _check_finite(losses: list, step: int, checkpointer: Checkpointer) -> None:
-    if losses and not np.all(np.isfinite(np.asarray(jax.device_get(losses)))):
+    if losses and not np.all(np.isfinite([local_value(x) for x in losses])):
         last = checkpointer.latest_step()
         kept = (f"the last good checkpoint (step {last}) is kept in {checkpointer.directory}" if last is not None
                 else "no checkpoint had been saved yet")
@@ -89,7 +100,9 @@ def _check_finite(losses: list, step: int, checkpointer: Checkpointer) -> None:
 def evaluate(ts: TrainState, config: TrainConfig, split: str = "test") -> dict[str, float]:
     """Loss and accuracy over every example of ``split``, each counted once."""
     ts.reset("eval")
-    for batch in loaders.eval_loader(config.difficulty, split, batch_size=config.eval_batch_size,
+    # Each process reads its shard; put_batch assembles the global batch from all of them.
+    local_batch_size = config.eval_batch_size // jax.process_count()
+    for batch in loaders.eval_loader(config.difficulty, split, batch_size=local_batch_size,
                                      data_dir=config.data_dir, padding=config.padding):
         ts.eval_step(ts.sharding.put_batch(batch))
     return ts.compute("eval")
@@ -98,11 +111,15 @@ def evaluate(ts: TrainState, config: TrainConfig, split: str = "test") -> dict[s
 def run(config: TrainConfig) -> dict:
     """Trains per ``config``, writing history, plot, config and checkpoints into its workdir; returns a summary."""
     config.validate()
-    workdir = prepare_workdir(config)
+    initialize_processes(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
+    primary = is_primary()
+    # Process 0 checks and prepares the workdir; the others wait, so none sees a half-prepared one.
+    workdir = prepare_workdir(config) if primary else Path(config.workdir).expanduser().absolute()
+    barrier("workdir")
     if not store.is_built(config.difficulty, config.data_dir):
         print(f"Dataset {config.difficulty!r} is not built yet; building it into "
               f"{store.resolve_data_dir(config.data_dir)} ...", flush=True)
-        store.build(config.difficulty, config.data_dir)
+        store.build(config.difficulty, config.data_dir)  # locked: concurrent processes build it once
 
     sharding = Sharding.create()
     sharding.check_batch_size(config.batch_size)
@@ -121,8 +138,10 @@ def run(config: TrainConfig) -> dict:
         pure, meta = checkpointer.restore(checkpointer.latest_step(), ts.pure_state(), train_iter)
         ts.load_pure_state(pure)
         step, elapsed, history = meta["step"], meta["elapsed_s"], meta["history"]
-        print(f"Resumed {workdir} at step {step} (epoch {step // steps_per_epoch + 1}).", flush=True)
-    reporting.write_json(workdir / "config.json", {**config.to_json(), "resume": False, "overwrite": False})
+        if primary:
+            print(f"Resumed {workdir} at step {step} (epoch {step // steps_per_epoch + 1}).", flush=True)
+    if primary:
+        reporting.write_json(workdir / "config.json", {**config.to_json(), "resume": False, "overwrite": False})
 
     def save() -> None:
         checkpointer.save(step, ts.pure_state(), train_iter,
@@ -131,26 +150,30 @@ def run(config: TrainConfig) -> dict:
     total_steps = config.epochs * steps_per_epoch
     t_start = time.perf_counter()
     pending: list = []
-    print(f"Training {config.model} on {config.difficulty!r}: {config.epochs} epochs of {steps_per_epoch} steps, "
-          f"batch {config.batch_size} over {sharding.num_devices} device(s), workdir {workdir}", flush=True)
+    if primary:
+        print(f"Training {config.model} on {config.difficulty!r}: {config.epochs} epochs of {steps_per_epoch} "
+              f"steps, batch {config.batch_size} over {sharding.num_devices} device(s) in {jax.process_count()} "
+              f"process(es), workdir {workdir}", flush=True)
     with _interrupt_flag() as interrupted:
         while step < total_steps:
             epoch = step // steps_per_epoch
             end = (epoch + 1) * steps_per_epoch
             bar = tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
                             desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False,
-                            dynamic_ncols=True, mininterval=0.5)
+                            dynamic_ncols=True, mininterval=0.5, disable=not primary)
             while step < end:
                 pending.append(ts.train_step(sharding.put_batch(next(train_iter))))
                 step += 1
                 bar.update(1)
-                if step % config.log_every == 0 or step % config.checkpoint_every == 0 or interrupted["set"]:
+                at_check = step % config.log_every == 0 or step % config.checkpoint_every == 0
+                stop = _stop_requested(interrupted, at_check)
+                if at_check or stop:
                     _check_finite(pending, step, checkpointer)
                     pending.clear()
                     bar.set_postfix(loss=f"{ts.compute('train')['loss']:.4f}", refresh=False)
                 if step % config.checkpoint_every == 0:
                     save()
-                if interrupted["set"]:
+                if stop:
                     bar.close()
                     save()
                     print(f"\nInterrupted at step {step}; checkpoint saved in {checkpointer.directory}. Continue "
@@ -169,23 +192,26 @@ def run(config: TrainConfig) -> dict:
                                ("epoch", epoch + 1), ("sequences_seen", step * config.batch_size),
                                ("wall_time_s", round(now, 2))):
                 history[key].append(value)
-            reporting.write_json(workdir / "history.json", history)
-            reporting.plot_curves(history, workdir / "curves.png",
-                                  title=f"{config.model} on {config.difficulty}")
+            if primary:
+                reporting.write_json(workdir / "history.json", history)
+                reporting.plot_curves(history, workdir / "curves.png",
+                                      title=f"{config.model} on {config.difficulty}")
             save()
-            tqdm.tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f} "
-                            f"acc {train['accuracy']:.4f} | test loss {test['loss']:.4f} "
-                            f"acc {test['accuracy']:.4f} | {now:.0f} s")
+            if primary:
+                tqdm.tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f} "
+                                f"acc {train['accuracy']:.4f} | test loss {test['loss']:.4f} "
+                                f"acc {test['accuracy']:.4f} | {now:.0f} s")
     checkpointer.close()
     summary = {"interrupted": False, "step": step, "workdir": str(workdir),
                "sequences_seen": step * config.batch_size,
                "final_test_acc": history["test_acc"][-1] if history["test_acc"] else math.nan,
                "best_test_acc": max(history["test_acc"], default=math.nan),
                "wall_time_s": elapsed + time.perf_counter() - t_start}
-    print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training sequences, "
-          f"final test accuracy {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}), "
-          f"{summary['wall_time_s']:.0f} s. Wrote history.json, curves.png, config.json and checkpoints/ "
-          f"to {workdir}", flush=True)
+    if primary:
+        print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
+              f"sequences, final test accuracy {summary['final_test_acc']:.4f} "
+              f"(best {summary['best_test_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
+              f"curves.png, config.json and checkpoints/ to {workdir}", flush=True)
     return summary
 
 

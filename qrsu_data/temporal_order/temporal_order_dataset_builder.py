@@ -1,15 +1,31 @@
-"""temporal_order: the temporal-order task of Hochreiter & Schmidhuber (1997), Experiment 6."""
+"""temporal_order: the temporal-order task of Hochreiter & Schmidhuber (1997), Experiment 6.
+
+Three ways to write the splits, all giving the same records (record i of a split is its i-th draw):
+the builder's direct record writer (the default), TFDS's generic per-example writer (``generic_writer=True``
+or ``max_examples_per_split``), and Apache Beam (when ``beam_runner`` or ``beam_options`` is set, e.g. by
+``tfds build --beam_pipeline_options=...``), where each chunk of ``splits.CHUNK_SIZE`` examples is one
+Beam element generated from its own seed, so the workers need nothing but the ``SplitSpec``.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import tensorflow_datasets.public_api as tfds
+from absl import logging
 from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core import splits as splits_lib
 
 import tqdm
 
 from qrsu_data import records, splits, task
+
+if TYPE_CHECKING:
+    import apache_beam as beam
 
 VERSION = tfds.core.Version("1.0.0")
 DEFAULT_CONFIG = "hard"
@@ -38,6 +54,54 @@ class TemporalOrderConfig(tfds.core.BuilderConfig):
     def level(self) -> task.Level:
         """The task level of this config."""
         return task.get_level(self.spec.level)
+
+
+def keyed_examples(spec: splits.SplitSpec, split: str, chunk: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (record index, example) for chunk ``chunk`` of ``split``; the index is chunk * CHUNK_SIZE + i."""
+    batch = splits.chunk_examples(spec, split, chunk)
+    base = chunk * splits.CHUNK_SIZE
+    for i in range(len(batch)):
+        n = int(batch.lengths[i])
+        yield base + i, {
+            "tokens": batch.tokens[i, :n],
+            "label": int(batch.labels[i]),
+            "length": n,
+            "positions": batch.positions[i],
+        }
+
+
+# `tfds build qrsu_data/temporal_order` imports this file as the top-level module
+# `temporal_order.temporal_order_dataset_builder`, a name Beam's worker processes cannot import. The Beam
+# transform therefore refers to `keyed_examples` through the installed package, a name every worker imports.
+_INSTALLED_MODULE = "qrsu_data.temporal_order.temporal_order_dataset_builder"
+
+
+def beam_split(spec: splits.SplitSpec, split: str) -> beam.PTransform:
+    """The Beam PTransform yielding (record index, example) for every chunk of ``split``, one chunk an element."""
+    try:
+        import apache_beam as beam
+    except ImportError as e:
+        raise ImportError("generating on Apache Beam needs apache-beam: pip install 'qrsu[tfds-cli]'") from e
+    generate = functools.partial(importlib.import_module(_INSTALLED_MODULE).keyed_examples, spec, split)
+    # Only the chunk indices and the (small, frozen) SplitSpec travel to the workers; each draws its
+    # chunks from their own seeds, so the records do not depend on how chunks are spread over workers.
+    return ("ChunkIndices" >> beam.Create(list(range(spec.num_chunks(split))))
+            | "GenerateChunk" >> beam.FlatMap(generate))
+
+
+def _resolve_config(config: str | tfds.core.BuilderConfig | None) -> str | tfds.core.BuilderConfig | None:
+    """A config family: a name such as ``nightmare-train10000000`` (``SplitSpec.name``) becomes its config."""
+    if isinstance(config, str) and ":" not in config and Builder.get_builder_config(config) is None:
+        spec = splits.SplitSpec.from_name(config)  # ValueError naming the valid forms
+        return TemporalOrderConfig(level=spec.level, train_size=spec.train_size, test_size=spec.test_size,
+                                   seed=spec.seed, holdout_fraction=spec.holdout_fraction)
+    if isinstance(config, TemporalOrderConfig):
+        registered = Builder.get_builder_config(config.name)
+        # `tfds build --config '{"level": "hard"}'` makes a new object equal to a registered config, which
+        # TFDS would refuse as a custom config named like a registered one.
+        if registered is not None and registered is not config and registered.spec == config.spec:
+            return registered
+    return config
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -72,16 +136,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://doi.org/10.1162/neco.1997.9.8.1735",
         )
 
-    def __init__(self, *, generic_writer: bool = False, **kwargs):
-        """As tfds.core.GeneratorBasedBuilder; ``generic_writer`` forces TFDS's per-example writer."""
+    def __init__(self, *, generic_writer: bool = False, config: str | tfds.core.BuilderConfig | None = None,
+                 **kwargs):
+        """As tfds.core.GeneratorBasedBuilder; ``generic_writer`` forces TFDS's per-example writer.
+
+        ``config`` may also name any config of the family, e.g. ``"nightmare-train10000000"``.
+        """
         self._generic_writer = generic_writer
-        super().__init__(**kwargs)
+        self._use_beam = False
+        super().__init__(config=_resolve_config(config), **kwargs)
 
     def _download_and_prepare(self, dl_manager, download_config):
-        """Writes the splits; record files directly when no TFDS writer feature is asked for."""
+        """Writes the splits: on Beam when asked for, else record files directly unless a TFDS writer feature is."""
         fmt = self.info.file_format
-        if (self._generic_writer or download_config.max_examples_per_split is not None
-                or download_config.beam_runner is not None or download_config.beam_options is not None
+        beam_asked = download_config.beam_runner is not None or download_config.beam_options is not None
+        self._use_beam = beam_asked and download_config.max_examples_per_split is None
+        if beam_asked and not self._use_beam:
+            # TFDS's Beam writer ignores max_examples_per_split; the in-process writer honours it.
+            logging.warning("max_examples_per_split is set: generating in-process, not on Beam.")
+        if self._use_beam and download_config.nondeterministic_order:
+            raise ValueError("nondeterministic_order would store the records in an arbitrary order, but record i "
+                             "of a temporal_order split is its i-th draw; build without it.")
+        if (beam_asked or self._generic_writer or download_config.max_examples_per_split is not None
                 or fmt not in (file_adapters.FileFormat.ARRAY_RECORD, file_adapters.FileFormat.TFRECORD)):
             return super()._download_and_prepare(dl_manager, download_config)
         # Same records as TFDS's writer with disable_shuffling (record i = example i), in one shard a
@@ -109,20 +185,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self.info.set_splits(splits_lib.SplitDict(infos))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        """Returns the train and test splits; nothing is downloaded."""
+        """Returns the train and test splits (Beam PTransforms on Beam); nothing is downloaded."""
         del dl_manager
+        spec = self.builder_config.spec
+        if self._use_beam:
+            return {split: beam_split(spec, split) for split in splits.SPLIT_IDS}
         return {split: self._generate_examples(split) for split in splits.SPLIT_IDS}
 
     def _generate_examples(self, split: str):
         """Yields (index, example) in the split's fixed order."""
         spec = self.builder_config.spec
-        for chunk, batch in splits.iter_chunks(spec, split):
-            base = chunk * splits.CHUNK_SIZE
-            for i in range(len(batch)):
-                n = int(batch.lengths[i])
-                yield base + i, {
-                    "tokens": batch.tokens[i, :n],
-                    "label": int(batch.labels[i]),
-                    "length": n,
-                    "positions": batch.positions[i],
-                }
+        for chunk in range(spec.num_chunks(split)):
+            yield from keyed_examples(spec, split, chunk)
