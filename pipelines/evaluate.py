@@ -1,0 +1,228 @@
+"""Evaluates a trained run's checkpoint per class and by lag: ``python -m pipelines.evaluate --help``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pipelines import reporting
+from pipelines.runs import RunError, load_run
+from qrsu_data import interop, task
+from qrsu_models import SequenceClassifier, apply_fn
+
+SPLITS = ("test", "train")
+MAX_LAG_ROWS = 20
+"""At most this many rows in the by-lag table and plot; wider lag ranges (nightmare) are binned."""
+
+
+def predict_labels(model: SequenceClassifier, tokens: np.ndarray, lengths: np.ndarray, padding: str,
+                   batch_size: int) -> np.ndarray:
+    """The predicted class id of every row of ``tokens`` [N, T], through one jitted forward per batch."""
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda p, t, n: jnp.argmax(apply_fn(graphdef)(p, t, n, padding), axis=-1))
+    n = len(lengths)
+    out = np.empty(n, np.int32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        # The last batch is filled up with copies of its first row (the mask=False rows of eval_loader), so
+        # every batch has one shape and the forward compiles once; the filler's predictions are dropped.
+        idx = np.arange(start, start + batch_size)
+        idx[stop - start:] = start
+        out[start:stop] = np.asarray(forward(params, tokens[idx], lengths[idx]))[:stop - start]
+    return out
+
+
+def lag_definition(level: task.Level) -> str:
+    """What 'lag' means for ``level``: the distance between its first and last relevant symbol."""
+    last = f"t{level.num_relevant}"
+    return f"{last} - t1" + ("" if level.num_relevant == 2 else " (first to last relevant symbol)")
+
+
+def lag_bins(lags: np.ndarray, max_bins: int = MAX_LAG_ROWS) -> list[tuple[int, int]]:
+    """Inclusive (lo, hi) lag ranges holding examples: one per lag value, or equal-width bins if too many."""
+    values = np.unique(lags)
+    if len(values) <= max_bins:
+        return [(int(v), int(v)) for v in values]
+    lo, hi = int(values[0]), int(values[-1])
+    width = math.ceil((hi - lo + 1) / max_bins)
+    bins = [(a, min(a + width - 1, hi)) for a in range(lo, hi + 1, width)]
+    return [(a, b) for a, b in bins if np.any((lags >= a) & (lags <= b))]
+
+
+def summarize(labels: np.ndarray, predicted: np.ndarray, positions: np.ndarray, level: task.Level) -> dict[str, Any]:
+    """Overall and per-class accuracy, the confusion matrix and accuracy by lag, as a JSON-ready dict."""
+    correct = predicted == labels
+    k = level.num_classes
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = []
+    for c, name in enumerate(level.classes):
+        rows = labels == c
+        count = int(rows.sum())
+        per_class.append({"class": name, "id": c, "count": count, "correct": int(correct[rows].sum()),
+                          "accuracy": float(correct[rows].mean()) if count else None})
+    lags = positions[:, -1] - positions[:, 0]
+    by_lag = []
+    for lo, hi in lag_bins(lags):
+        rows = (lags >= lo) & (lags <= hi)
+        by_lag.append({"lag_min": lo, "lag_max": hi, "count": int(rows.sum()), "correct": int(correct[rows].sum()),
+                       "accuracy": float(correct[rows].mean())})
+    return {"num_examples": int(len(labels)), "correct": int(correct.sum()),
+            "accuracy": float(correct.mean()) if len(labels) else None,
+            "classes": list(level.classes), "per_class": per_class,
+            "confusion_matrix": confusion.tolist(), "confusion_matrix_axes": "rows: true class, columns: predicted",
+            "lag_definition": lag_definition(level), "by_lag": by_lag}
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Saves ``fig`` as a PNG atomically (temp file, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def plot_confusion_matrix(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Saves the confusion matrix (counts annotated, class names on both axes) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(result["confusion_matrix"])
+    classes = result["classes"]
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), classes)
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > threshold else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+
+
+def plot_accuracy_by_lag(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Saves accuracy per lag (or lag bin) as a bar chart, with each bar's example count and chance level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["by_lag"]
+    names = [str(r["lag_min"]) if r["lag_min"] == r["lag_max"] else f"{r['lag_min']}-{r['lag_max']}" for r in rows]
+    accuracy = [r["accuracy"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 2), 4.5))
+    bars = ax.bar(range(len(rows)), accuracy, color="tab:blue")
+    for bar, r in zip(bars, rows):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"n={r['count']}", ha="center",
+                va="bottom", fontsize=8)
+    chance = 1 / len(result["classes"])
+    ax.axhline(chance, color="gray", linestyle="--")
+    ax.text(len(rows) - 0.5, chance + 0.01, "chance", ha="right", va="bottom", color="gray", fontsize=8)
+    ax.set_xticks(range(len(rows)), names, rotation=45 if len(rows) > 8 else 0)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel(f"lag ({result['lag_definition']})")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    fig.tight_layout()
+    _save_figure(fig, Path(path))
+
+
+def evaluate_run(workdir: str | os.PathLike, split: str = "test", step: int | None = None,
+                 data_dir: str | os.PathLike | None = None, write: bool = True) -> dict[str, Any]:
+    """Evaluates checkpoint ``step`` of the run in ``workdir`` on every example of ``split``; writes the report."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    workdir = Path(workdir).expanduser().absolute()
+    config, model, step = load_run(workdir, step)
+    data_dir = config.data_dir if data_dir is None else os.fspath(data_dir)
+    level = task.get_level(config.difficulty)
+    # numpy_split gives the positions too (for the lag), in the loaders' order and padding layout.
+    arrays = interop.numpy_split(config.difficulty, split, data_dir=data_dir, padding=config.padding)
+    predicted = predict_labels(model, arrays["tokens"], arrays["lengths"], config.padding, config.eval_batch_size)
+    result = {"workdir": str(workdir), "step": step, "split": split, "model": config.model,
+              "difficulty": config.difficulty, "data_dir": data_dir,
+              **summarize(arrays["label"], predicted, arrays["positions"], level)}
+    if write:
+        title = f"{config.model} on {config.difficulty}, {split} split, step {step}"
+        reporting.write_json(workdir / "evaluation.json", result)
+        plot_confusion_matrix(result, workdir / "confusion_matrix.png", title)
+        plot_accuracy_by_lag(result, workdir / "accuracy_by_lag.png", title)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable report: overall accuracy, a per-class table and an accuracy-by-lag table."""
+    lines = [f"{result['model']} on {result['difficulty']!r}, checkpoint step {result['step']}, "
+             f"{result['split']} split: accuracy {_pct(result['accuracy'])} "
+             f"({result['correct']:,} / {result['num_examples']:,})", "",
+             "class  count  accuracy"]
+    for r in result["per_class"]:
+        lines.append(f"{r['class']:<5}  {r['count']:>5}  {_pct(r['accuracy']):>8}")
+    lines += ["", f"lag ({result['lag_definition']})", "lag      count  accuracy"]
+    for r in result["by_lag"]:
+        name = str(r["lag_min"]) if r["lag_min"] == r["lag_max"] else f"{r['lag_min']}-{r['lag_max']}"
+        lines.append(f"{name:<7}  {r['count']:>5}  {_pct(r['accuracy']):>8}")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate",
+                                description="Evaluate a trained run's checkpoint: accuracy overall, per class and "
+                                            "by lag between the relevant symbols; writes evaluation.json, "
+                                            "confusion_matrix.png and accuracy_by_lag.png into the workdir.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="which split to evaluate, every example once")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--data-dir", default=None, help="dataset dir (default: the one the run was trained with)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    args = parser().parse_args(argv)
+    try:
+        result = evaluate_run(args.workdir, args.split, args.step, args.data_dir)
+    except (RunError, FileNotFoundError, ValueError) as e:
+        # FileNotFoundError: the dataset is not built in that data dir (the message gives the build command).
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(result))
+    print(f"\nWrote evaluation.json, confusion_matrix.png and accuracy_by_lag.png to {result['workdir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

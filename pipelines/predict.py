@@ -1,0 +1,115 @@
+"""Classifies sequences typed as strings with a trained run: ``python -m pipelines.predict --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+from pipelines.runs import RunError, load_config, load_run
+from qrsu_data import decoding, task
+from qrsu_models import SequenceClassifier
+
+EXIT_BAD_SEQUENCE = 2
+"""Exit code for a sequence that is not valid input (argparse's code for bad usage)."""
+
+
+class SequenceError(ValueError):
+    """A typed sequence outside the vocabulary or breaking the task's rules; the message says which and why."""
+
+
+def _example(level: task.Level) -> str:
+    # A real sequence of the level, so the hint is valid for exp6b's three relevant symbols too.
+    return task.decode(task.generate(level, 1, np.random.default_rng(0)).sequences()[0])
+
+
+def parse_sequence(text: str, level: task.Level) -> tuple[np.ndarray, str | None]:
+    """Token ids of ``text`` for a model of ``level`` and a warning if it lies outside the level's ranges."""
+    vocabulary = f"vocabulary: {' '.join(task.SYMBOLS)}"
+    rule = (f"a sequence is 'B', distractors ({' '.join(task.SYMBOLS[i] for i in task.DISTRACTOR_IDS)}) with "
+            f"{level.num_relevant} relevant symbols (X or Y) among them, then 'E', e.g. {_example(level)}")
+    try:
+        tokens = task.encode(text)
+    except ValueError as e:
+        raise SequenceError(f"{text!r}: {e}") from None
+    try:
+        _, positions = task.check_sequence(tokens)
+    except ValueError as e:
+        raise SequenceError(f"{text!r}: {e}; {rule}; {vocabulary}") from None
+    if len(positions) != level.num_relevant:
+        raise SequenceError(f"{text!r}: the run's level {level.name!r} takes {level.num_relevant} relevant symbols "
+                            f"(X or Y), found {len(positions)}; {rule}")
+    try:
+        task.check_sequence(tokens, level)
+        warning = None
+    except ValueError as e:
+        # Valid input, but of a length or layout the model never saw: answer, and say it is extrapolating.
+        warning = f"{text!r}: {e}; the model was trained on {level.name!r} only, so this is extrapolation"
+    return tokens, warning
+
+
+def class_probabilities(model: SequenceClassifier, sequences: list[np.ndarray], padding: str) -> np.ndarray:
+    """Softmax class probabilities [N, num_classes] of token-id sequences of any lengths, in one batch."""
+    lengths = np.array([len(s) for s in sequences], np.int32)
+    # Padded to the longest given sequence, not the level's maximum: the model is exact for any length, and
+    # its output for a row does not depend on how much padding the batch adds.
+    tokens = decoding.pad_sequences(sequences, int(lengths.max()), padding)
+    return np.asarray(jax.nn.softmax(model(tokens, lengths, padding=padding), axis=-1))
+
+
+def format_prediction(text: str, probabilities: np.ndarray, classes: tuple[str, ...]) -> str:
+    """``BaXbcYdE -> R (p=0.99)  [Q 0.00  R 0.99  S 0.00  U 0.01]``."""
+    best = int(np.argmax(probabilities))
+    listed = "  ".join(f"{name} {p:.2f}" for name, p in zip(classes, probabilities))
+    return f"{text} -> {classes[best]} (p={probabilities[best]:.2f})  [{listed}]"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.predict",
+                                description="Print the class a trained run gives each sequence, with the "
+                                            f"probability of every class. Symbols: {' '.join(task.SYMBOLS)}.")
+    p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("sequences", nargs="+", metavar="SEQ", help="a sequence such as BaXbcYdE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args.workdir)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    level = task.get_level(config.difficulty)
+    # Every sequence is checked before the model is loaded: a typo fails fast, and all typos are reported.
+    parsed, errors = [], []
+    for text in args.sequences:
+        try:
+            parsed.append(parse_sequence(text, level))
+        except SequenceError as e:
+            errors.append(str(e))
+    if errors:
+        for message in errors:
+            print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_SEQUENCE
+    for _, warning in parsed:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    try:
+        run = load_run(args.workdir, args.step)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    probabilities = class_probabilities(run.model, [tokens for tokens, _ in parsed], config.padding)
+    for text, p in zip(args.sequences, probabilities):
+        print(format_prediction(text, p, level.classes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
