@@ -10,8 +10,10 @@ and length it prints sequences/s and the first-step time (compile + run) of
 * torch (LSTM only, if ``import torch`` works): ``nn.LSTM(8 -> 64, batch_first)`` on one-hot inputs +
   ``nn.Linear`` + ``torch.optim.Adam``, same shapes.
 
-Steady-state timings are the best of ``--repeats`` rounds (contenders interleaved, so background load hits
-them alike); XLA and torch run with their default flags and thread counts.
+Steady-state timings are the best of ``--repeats`` rounds (ours and ref interleaved, so background load hits
+them alike). Torch runs in a child process: in the same process the idle threads of XLA's and torch's
+thread pools spin against each other on 2 cores (that measured torch 2-40x slower, so the ratio would have
+flattered us). XLA and torch run with their default flags and thread counts.
 
     python benchmarks/model_step.py                      # everything (a few minutes on 2 cores)
     python benchmarks/model_step.py --cells lstm --batch 32 --length 111
@@ -20,6 +22,9 @@ them alike); XLA and torch run with their default flags and thread counts.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -159,6 +164,20 @@ def measure(runners: dict[str, object], repeats: int, round_seconds: float) -> t
     return first, best
 
 
+def torch_in_child(batch: int, length: int, repeats: int, round_seconds: float) -> tuple[float, float]:
+    """(first-step seconds, best seconds/step) of the torch LSTM step, measured in a fresh child process."""
+    cmd = [sys.executable, __file__, "--torch-worker", f"{batch},{length},{repeats},{round_seconds}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    return res["first"], res["best"]
+
+
+def _torch_worker(spec: str) -> None:
+    batch, length, repeats, round_seconds = spec.split(",")
+    first, best = measure({"torch": _TorchRunner(int(batch), int(length))}, int(repeats), float(round_seconds))
+    print(json.dumps({"first": first["torch"], "best": best["torch"]}))
+
+
 def main() -> None:
     """Runs the benchmark grid and prints one line per (cell, batch, length)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,7 +188,11 @@ def main() -> None:
     ap.add_argument("--round-seconds", type=float, default=1.0)
     ap.add_argument("--no-reference", action="store_true", help="skip the nnx.RNN reference")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    ap.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: B,T,repeats,round_seconds
     args = ap.parse_args()
+    if args.torch_worker:
+        _torch_worker(args.torch_worker)
+        return
 
     torch_ok = False
     if not args.no_torch:
@@ -195,9 +218,10 @@ def main() -> None:
                 runners = {"ours": _JaxRunner(*ours_step(cell), data)}
                 if not args.no_reference:
                     runners["ref"] = _JaxRunner(*reference_step(cell), data)
-                if torch_ok and cell == "lstm":
-                    runners["torch"] = _TorchRunner(batch, length)
                 first, best = measure(runners, args.repeats, args.round_seconds)
+                del runners  # free the JAX buffers before torch runs
+                if torch_ok and cell == "lstm":
+                    first["torch"], best["torch"] = torch_in_child(batch, length, args.repeats, args.round_seconds)
                 sps = {k: batch / v for k, v in best.items()}
                 ref = (f"{sps['ref']:9.0f} {first['ref']:7.2f} | {sps['ours'] / sps['ref']:7.2f}x"
                        if "ref" in sps else f"{'-':>9s} {'-':>7s} | {'-':>8s}")

@@ -6,9 +6,13 @@ hidden state into ``nnx.Linear``), with three changes that do not change the fun
 * the input is token ids, and the one-hot @ W_ih + b product is a gather from a [vocab, G*H] table, done for
   all steps at once before the time loop;
 * the recurrent weights of all gates are fused into one [H, G*H] kernel (one matmul per step);
-* variable lengths are exact: the state only advances on real tokens (see :mod:`qrsu_models.recurrence` for
-  how 'post' padding is rolled into 'pre' padding so no mask is needed inside the loop), so a sequence's
-  logits do not depend on how much padding its batch adds.
+* variable lengths are exact: the state only advances on real tokens, so a sequence's logits do not depend
+  on how much padding its batch adds. 'post' rows are rolled into the 'pre' layout and padded steps get a
+  zero input, which keeps the zero initial state exactly zero (:func:`pre_padded_time_major`,
+  :mod:`qrsu_models.recurrence`), so no mask is needed inside the time loop.
+
+Cells: 'lstm' is flax's ``nnx.LSTMCell`` and 'gru' flax's ``nnx.GRUCell``; 'rnn' is the seed's SimpleRNN,
+``nnx.SimpleCell`` (tanh) followed by a ReLU on the carried state, i.e. h = relu(tanh(W_ih x + W_hh h + b)).
 
 For a jitted training loop use the functional form: ``graphdef, params = nnx.split(model)`` and
 ``apply_fn(graphdef)(params, tokens, lengths)`` inside a pure function (see benchmarks/model_step.py).
@@ -114,7 +118,11 @@ class SequenceClassifier(nnx.Module):
                             unroll=self.unroll, custom_grad=custom_grad)
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
-        """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row."""
+        """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row.
+
+        Values at padded positions are ignored; a real position holding an id outside [0, vocab_size) acts as a
+        zero input (like a one-hot of nothing); lengths are clipped to [0, T].
+        """
         return self.head(self.last_hidden(tokens, lengths, padding))
 
 

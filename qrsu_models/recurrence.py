@@ -20,15 +20,18 @@ adds a small dW matmul per step. The backward passes here instead:
 * in the reverse loop, recompute the step's gates with ONE fused matmul ``[h_{t-1} | onehot_t] @ [W_hh;
   W_in]`` (the RNN needs no recompute: relu(tanh)' follows from h_t itself) and propagate dh/dc through one
   ``dz @ W_hh^T`` matmul;
-* get the gradients of W_hh AND of the input table from the same ``[h_{t-1} | onehot_t]^T dz_t`` products:
-  as ONE [H+V, T*B] @ [T*B, G] matmul after the loop when the stacked dz is small (BULK_DW_MAX_BYTES), or
-  accumulated with one small matmul per step when stacking it would cost more in fresh memory than it saves.
+* accumulate the gradients of W_hh AND of the input table with one ``[h_{t-1} | onehot_t]^T @ dz_t`` matmul
+  per step, so the reverse loop stacks nothing.
 
-That is 3-4 matmuls per step for the LSTM/GRU instead of 3 with stored gates, which measured faster at batch
-256 (memory) and even at batch 32. Sigmoids are computed as 0.5*tanh(x/2) + 0.5 on pre-scaled weights (one
-transcendental per gate; XLA:CPU's logistic is slower). Loop bodies never slice a dynamically indexed array
-(XLA:CPU then emits scalar code): per-step inputs are whole arrays and only values computed in the step are
-sliced.
+That is 4 matmuls per step for the LSTM/GRU (2 for the RNN) instead of 3 with stored gates, and no [T, B, G]
+buffer anywhere. Measured alternatives, all on this 2-core machine: storing the gates in the forward loop
+(plus bulk precompute of the backward's coefficients) was ~even at batch 32 and ~1.4x slower at batch 256;
+stacking dz and computing dW as ONE [H+V, T*B] @ [T*B, G] matmul after the loop was within noise (+-15%)
+at B=32, T=111 and ~1.3x slower at B=32, T=501 (16 MB of fresh stack per step).
+
+Sigmoids are computed as 0.5*tanh(x/2) + 0.5 on pre-scaled weights (one transcendental per gate; XLA:CPU's
+logistic is slower). Loop bodies never slice a dynamically indexed array (XLA:CPU then emits scalar code):
+per-step inputs are whole arrays, one per gate, and only values computed inside the step are sliced.
 """
 
 from __future__ import annotations
@@ -43,22 +46,6 @@ GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 """Gate blocks per cell: ``w_in`` and ``w_hh`` have GATES[cell] * hidden columns (flax's gate order)."""
 
 
-BULK_DW_MAX_BYTES: int = 8 << 20
-"""Largest per-step-cotangent stack [T, B, G*H] (bytes) for which dW is one matmul after the reverse loop.
-
-Below it the reverse loop stacks dz and dW = [h_{t-1} | onehot_t]^T dz is ONE [H+V, T*B] @ [T*B, G*H]
-matmul after the loop (cheaper than a small matmul + add per step: at B=32, T=111 it is 3.6 MB). Above it
-the stack would be fresh memory page-faulted in on every training step (29 MB at B=256), which measured
-slower than accumulating dW with one small matmul per step, so the loop accumulates instead.
-"""
-
-
-def _bulk_dw(tokens_shape: tuple[int, ...], width: int) -> bool:
-    """Whether the [T, B, width] float32 cotangent stack is small enough for the after-the-loop dW matmul."""
-    steps, batch = tokens_shape
-    return steps * batch * width * 4 <= BULK_DW_MAX_BYTES
-
-
 def _gather_rows(w_in: jax.Array, tokens: jax.Array) -> jax.Array:
     """w_in[tokens] [T, B, G]; ids outside [0, V) (padding) give zero rows."""
     vocab = w_in.shape[0]
@@ -67,24 +54,13 @@ def _gather_rows(w_in: jax.Array, tokens: jax.Array) -> jax.Array:
     return rows[jnp.where(valid, tokens, vocab)]
 
 
-def _augmented(h_prev: jax.Array, tokens: jax.Array, vocab: int, width: int
-               ) -> tuple[jax.Array, jax.Array | None, bool]:
-    """[h_{t-1} | onehot(token_t)] [T, B, H+V]; its per-step transpose [T, H+V, B] or None; bulk-dW flag."""
-    # jax.nn.one_hot gives an all-zero row for ids outside [0, V), i.e. for padding.
+def _augmented(h_prev: jax.Array, tokens: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """[h_{t-1} | onehot(token_t)] [T, B, H+V] and its per-step transpose [T, H+V, B], built once in bulk."""
+    # jax.nn.one_hot gives an all-zero row for ids outside [0, V), i.e. for padding. The transpose makes the
+    # per-step weight-gradient product a plain [H+V, B] @ [B, G] matmul (a transposed operand inside the loop
+    # would fall off XLA:CPU's fast matmul path).
     aug = jnp.concatenate([h_prev, jax.nn.one_hot(tokens, vocab, dtype=h_prev.dtype)], axis=-1)
-    bulk = _bulk_dw(tokens.shape, width)
-    # The transpose (built once, in bulk) feeds the per-step dW matmul as a plain [H+V, B] @ [B, G] product.
-    return aug, (None if bulk else jnp.swapaxes(aug, 1, 2)), bulk
-
-
-def _accumulate(dw_aug: jax.Array, a_t: jax.Array | None, dz: jax.Array) -> jax.Array:
-    """dW_aug + [h_{t-1} | onehot_t]^T dz_t in per-step mode; unchanged in bulk mode (a_t is None)."""
-    return dw_aug if a_t is None else dw_aug + a_t @ dz
-
-
-def _stacked_outer(aug: jax.Array, dz: jax.Array) -> jax.Array:
-    """sum_t aug_t^T @ dz_t as one matmul over the flattened (time, batch) axis."""
-    return lax.dot_general(aug.reshape(-1, aug.shape[-1]), dz.reshape(-1, dz.shape[-1]), (((0,), (0,)), ((), ())))
+    return aug, jnp.swapaxes(aug, 1, 2)
 
 
 def _sigmoid_scale(blocks: tuple[float, ...], hidden: int, dtype: jnp.dtype) -> jax.Array:
@@ -141,7 +117,7 @@ def _lstm_bwd(unroll, res, dh_last):
     w = w_hh * k
     w_aug = jnp.concatenate([w, w_in * k], axis=0)  # [H+V, 4H]: z = [h | onehot] @ w_aug
     w_t = w.T
-    aug, aug_t, bulk = _augmented(h_prev, tokens, vocab, gates)
+    aug, aug_t = _augmented(h_prev, tokens, vocab)
     batch = tokens.shape[1]
 
     def step(carry, xs):
@@ -155,12 +131,10 @@ def _lstm_bwd(unroll, res, dh_last):
         # Cotangents of the scaled pre-activations: d sigmoid-gate = 0.5 * (1 - u^2), d tanh-gate = 1 - u^2.
         dz = jnp.stack([dc * ug * 0.5 * (1.0 - ui * ui), dc * cp * 0.5 * (1.0 - uf * uf),
                         dc * i * (1.0 - ug * ug), dh * tc * 0.5 * (1.0 - uo * uo)], axis=1).reshape(batch, gates)
-        return (dz @ w_t, dc * f, _accumulate(dw_aug, a_t, dz)), (dz if bulk else None)
+        return (dz @ w_t, dc * f, dw_aug + a_t @ dz), None
 
     init = (dh_last, jnp.zeros_like(dh_last), jnp.zeros_like(w_aug))
-    (_, _, dw_aug), dz = lax.scan(step, init, (aug, aug_t, c_prev), reverse=True, unroll=unroll)
-    if bulk:
-        dw_aug = _stacked_outer(aug, dz)
+    (_, _, dw_aug), _ = lax.scan(step, init, (aug, aug_t, c_prev), reverse=True, unroll=unroll)
     # z was computed with k-scaled weights: chain rule through the scaling.
     return None, dw_aug[hidden:] * k, dw_aug[:hidden] * k
 
@@ -217,7 +191,7 @@ def _gru_bwd(unroll, res, dh_last):
         jnp.concatenate([win[:, :2 * hidden], jnp.zeros((vocab, hidden), w.dtype), win[:, 2 * hidden:]], axis=1),
     ], axis=0)  # [H+V, 4H]
     w_t = jnp.concatenate([w.T, jnp.zeros((hidden, hidden), w.dtype)], axis=0)  # [4H, H]: ignores the x_n block
-    aug, aug_t, bulk = _augmented(h_prev, tokens, vocab, 4 * hidden)
+    aug, aug_t = _augmented(h_prev, tokens, vocab)
     batch = tokens.shape[1]
 
     def step(carry, xs):
@@ -232,12 +206,10 @@ def _gru_bwd(unroll, res, dh_last):
         dan = dh * (1.0 - z) * (1.0 - n * n)
         dz = jnp.stack([dan * hn * 0.5 * (1.0 - ur * ur), dh * (hp - n) * 0.5 * (1.0 - uz * uz), dan * r, dan],
                        axis=1).reshape(batch, 4 * hidden)
-        return (dh * z + dz @ w_t, _accumulate(dw_aug, a_t, dz)), (dz if bulk else None)
+        return (dh * z + dz @ w_t, dw_aug + a_t @ dz), None
 
-    (_, dw_aug), dz = lax.scan(step, (dh_last, jnp.zeros_like(w_aug)), (aug, aug_t, h_prev), reverse=True,
-                               unroll=unroll)
-    if bulk:
-        dw_aug = _stacked_outer(aug, dz)
+    (_, dw_aug), _ = lax.scan(step, (dh_last, jnp.zeros_like(w_aug)), (aug, aug_t, h_prev), reverse=True,
+                              unroll=unroll)
     dw = dw_aug[:hidden, :3 * hidden] * k
     dwin = jnp.concatenate([dw_aug[hidden:, :2 * hidden], dw_aug[hidden:, 3 * hidden:]], axis=1) * k
     return None, dwin, dw
@@ -278,19 +250,17 @@ def _rnn_bwd(unroll, res, dh_last):
     # relu(tanh(z))' = 1 - h^2 where h > 0, else 0 (jax's relu has derivative 0 at 0 too): no recompute needed.
     h_next = jnp.concatenate([h_prev[1:], h_last[None]], axis=0)
     slope = jnp.where(h_next > 0, 1.0 - h_next * h_next, 0.0)
-    aug, aug_t, bulk = _augmented(h_prev, tokens, w_in.shape[0], hidden)
+    _, aug_t = _augmented(h_prev, tokens, w_in.shape[0])
     w_t = w_hh.T
 
     def step(carry, xs):
         dh, dw_aug = carry
         a_t, s = xs
         dz = dh * s
-        return (dz @ w_t, _accumulate(dw_aug, a_t, dz)), (dz if bulk else None)
+        return (dz @ w_t, dw_aug + a_t @ dz), None
 
     init = (dh_last, jnp.zeros((hidden + w_in.shape[0], hidden), w_hh.dtype))
-    (_, dw_aug), dz = lax.scan(step, init, (aug_t, slope), reverse=True, unroll=unroll)
-    if bulk:
-        dw_aug = _stacked_outer(aug, dz)
+    (_, dw_aug), _ = lax.scan(step, init, (aug_t, slope), reverse=True, unroll=unroll)
     return None, dw_aug[hidden:], dw_aug[:hidden]
 
 

@@ -37,15 +37,20 @@ def test_shapes_and_dtype(cell):
     assert logits.shape == (3, 8)
     assert logits.dtype == jnp.float32
     assert model.w_in.shape == (V, {"rnn": 1, "lstm": 4, "gru": 3}[cell] * 16)
-    # uint8 tokens straight from task.generate (PAD_ID=255 beyond each length) are accepted.
+
+
+def test_generated_uint8_batches_are_accepted():
+    # uint8 tokens straight from task.generate (PAD_ID=255 beyond each length), padding 'post'.
+    model = SequenceClassifier("rnn", hidden=16, rngs=nnx.Rngs(0))
     batch = task.generate("easy", 4, np.random.default_rng(1))
+    assert batch.tokens.dtype == np.uint8
     assert model.last_hidden(jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), "post").shape == (4, 16)
 
 
 def test_same_seed_same_model_and_functional_apply():
-    a = SequenceClassifier("lstm", hidden=8, rngs=nnx.Rngs(3))
-    b = SequenceClassifier("lstm", hidden=8, rngs=nnx.Rngs(3))
-    c = SequenceClassifier("lstm", hidden=8, rngs=nnx.Rngs(4))
+    a = SequenceClassifier("gru", hidden=8, rngs=nnx.Rngs(3))
+    b = SequenceClassifier("gru", hidden=8, rngs=nnx.Rngs(3))
+    c = SequenceClassifier("gru", hidden=8, rngs=nnx.Rngs(4))
     np.testing.assert_array_equal(a.w_hh[...], b.w_hh[...])
     assert not np.allclose(a.w_hh[...], c.w_hh[...])
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, V, (2, 6)), jnp.int32)
@@ -66,55 +71,44 @@ def test_every_cell_trains_on_easy(cell):
     apply = apply_fn(graphdef)
     tx = optax.adam(1e-2)
 
-    def loss_fn(p, idx):
-        logits = apply(p, tokens[idx], lengths[idx], "post")
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[idx]).mean()
-
     @jax.jit
-    def step(p, opt, idx):
-        loss, grads = jax.value_and_grad(loss_fn)(p, idx)
+    def step(p, opt):
+        # Full-batch steps: the returned loss is the whole set's loss before the update (one compile only).
+        loss, grads = jax.value_and_grad(
+            lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, tokens, lengths, "post"), labels).mean()
+        )(p)
         updates, opt = tx.update(grads, opt, p)
         return optax.apply_updates(p, updates), opt, loss
 
-    full = jnp.arange(256)
-    before = float(jax.jit(loss_fn)(params, full))
     opt = tx.init(params)
-    order = np.random.default_rng(1)
-    for _ in range(30):
-        params, opt, _ = step(params, opt, jnp.asarray(order.choice(256, 64, replace=False)))
-    after = float(jax.jit(loss_fn)(params, full))
+    losses = []
+    for _ in range(31):
+        params, opt, loss = step(params, opt)
+        losses.append(float(loss))
+    before, after = losses[0], losses[-1]
     assert np.isfinite(after)
-    assert after < 0.5 * before, (before, after)  # easy is learnt fast: ~1.39 -> 0.03 (LSTM), 0.3 (RNN)
+    assert after < 0.5 * before, (before, after)  # easy is learnt fast: ~1.39 -> well under 0.7 in 30 steps
 
 
 # ------------------------------------------------------------------------------------- padding invariance
 
 
-@pytest.mark.parametrize("padding", ["pre", "post"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_padding_invariance(cell, padding):
+def test_padding_invariance(cell):
     graphdef, params = nnx.split(SequenceClassifier(cell, hidden=16, rngs=nnx.Rngs(1)))
-    fwd = jax.jit(apply_fn(graphdef), static_argnums=3)
+    apply = apply_fn(graphdef)
     seqs = task.generate("easy", 5, np.random.default_rng(2)).sequences()
     rng = np.random.default_rng(3)
     # Also very short rows, and a row that fills the narrow batch (no padding at all there).
     seqs = seqs + [seqs[0][:1], seqs[1][:3], rng.integers(0, V, 9).astype(np.int32)]
-    out = {}
-    for width in (9, 40):
-        tokens, lengths = _pad(seqs, width, padding, rng)
-        out[width] = np.asarray(fwd(params, jnp.asarray(tokens), jnp.asarray(lengths), padding))
-    np.testing.assert_allclose(out[9], out[40], rtol=1e-5, atol=1e-6)
-    assert np.abs(out[40][:-1] - out[40][-1]).max() > 1e-3  # different sequences do give different logits
-
-
-def test_pre_and_post_layouts_agree():
-    graphdef, params = nnx.split(SequenceClassifier("lstm", hidden=16, rngs=nnx.Rngs(1)))
-    fwd = jax.jit(apply_fn(graphdef), static_argnums=3)
-    seqs = task.generate("normal", 4, np.random.default_rng(4)).sequences()
-    rng = np.random.default_rng(5)
-    pre = fwd(params, *map(jnp.asarray, _pad(seqs, 45, "pre", rng)), "pre")
-    post = fwd(params, *map(jnp.asarray, _pad(seqs, 45, "post", rng)), "post")
-    np.testing.assert_allclose(pre, post, rtol=1e-5, atol=1e-6)
+    batches = {(padding, width): tuple(map(jnp.asarray, _pad(seqs, width, padding, rng)))
+               for padding in ("pre", "post") for width in (9, 40)}
+    # One jit for all four layouts (compiling dominates this test).
+    out = jax.jit(lambda p, b: {k: apply(p, *v, k[0]) for k, v in b.items()})(params, batches)
+    for padding in ("pre", "post"):
+        np.testing.assert_allclose(out[padding, 9], out[padding, 40], rtol=1e-5, atol=1e-6, err_msg=padding)
+        np.testing.assert_allclose(out[padding, 40], out["post", 40], rtol=1e-5, atol=1e-6, err_msg=padding)
+    assert np.abs(out["pre", 40][:-1] - out["pre", 40][-1]).max() > 1e-3  # different sequences, different logits
 
 
 # --------------------------------------------------------------------------------- fast path vs reference
@@ -180,9 +174,8 @@ class _Reference(nnx.Module):
         return out
 
 
-@pytest.mark.parametrize("padding", ["pre", "post"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_fast_path_matches_flax_reference(cell, padding):
+def test_fast_path_matches_flax_reference(cell):
     rng = np.random.default_rng(7)
     batch, steps = 6, 40
     tokens = jnp.asarray(rng.integers(0, V, (batch, steps)), jnp.int32)
@@ -191,30 +184,29 @@ def test_fast_path_matches_flax_reference(cell, padding):
     model = SequenceClassifier(cell, hidden=24, lstm_init="chrono" if cell == "lstm" else "default",
                                rngs=nnx.Rngs(11))
     ref = _Reference(model)
-
     graphdef, params = nnx.split(model)
     ref_graphdef, ref_params = nnx.split(ref)
 
-    def value_and_grad(graphdef, p):
+    def value_and_grad(graphdef, p, padding):
         def f(p):
             logits = nnx.merge(graphdef, p)(tokens, lengths, padding)
             return (logits * cot).sum(), logits
         return jax.value_and_grad(f, has_aux=True)(p)
 
-    # One jit for both models (compiling is most of this test's time).
-    ((_, logits), g), ((_, ref_logits), g_ref) = jax.jit(
-        lambda p, rp: (value_and_grad(graphdef, p), value_and_grad(ref_graphdef, rp)))(params, ref_params)
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
-    mine = {"w_in": g["w_in"][...], "w_hh": g["w_hh"][...], "bias": g["bias"][...],
-            "head_kernel": g["head"]["kernel"][...], "head_bias": g["head"]["bias"][...]}
-    for name, want in ref.grads_in_model_layout(g_ref).items():
-        scale = np.abs(want).max()
-        assert scale > 0, name
-        np.testing.assert_allclose(mine[name], want, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+    # One jit for both models and both paddings: compiling is most of this test's time.
+    results = jax.jit(lambda p, rp: {pad: (value_and_grad(graphdef, p, pad), value_and_grad(ref_graphdef, rp, pad))
+                                     for pad in ("pre", "post")})(params, ref_params)
+    for padding, (((_, logits), g), ((_, ref_logits), g_ref)) in results.items():
+        np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6, err_msg=padding)
+        mine = {"w_in": g["w_in"][...], "w_hh": g["w_hh"][...], "bias": g["bias"][...],
+                "head_kernel": g["head"]["kernel"][...], "head_bias": g["head"]["bias"][...]}
+        for name, want in ref.grads_in_model_layout(g_ref).items():
+            scale = np.abs(want).max()
+            assert scale > 0, name
+            np.testing.assert_allclose(mine[name], want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{padding} {name}")
 
 
-
-def test_custom_vjp_matches_autodiff_in_both_weight_gradient_modes(monkeypatch):
+def test_custom_vjp_matches_autodiff_of_the_same_scan():
     from qrsu_models import pre_padded_time_major, recurrence
 
     rng = np.random.default_rng(8)
@@ -230,20 +222,9 @@ def test_custom_vjp_matches_autodiff_in_both_weight_gradient_modes(monkeypatch):
             f = lambda a, b: (recurrence.last_hidden(cell, tok, a, b, custom_grad=custom_grad) * cot).sum()
             return jax.grad(f, argnums=(0, 1))(w_in, w_hh)
 
-        @jax.jit
-        def grads():
-            # BULK_DW_MAX_BYTES is read while each backward pass is traced: one jit, both modes (the recurrence
-            # is called directly, so no inner jit cache can hand the second grad the first one's trace).
-            monkeypatch.setattr(recurrence, "BULK_DW_MAX_BYTES", 1 << 40)
-            bulk = grad(True)
-            monkeypatch.setattr(recurrence, "BULK_DW_MAX_BYTES", 0)
-            return bulk, grad(True), grad(False)  # the last: JAX differentiating the very same scan
-
-        bulk, per_step, plain = grads()
-        for name, want, got_bulk, got_step in zip(("w_in", "w_hh"), plain, bulk, per_step):
-            for got in (got_bulk, got_step):
-                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
-                                           err_msg=f"{cell} {name}")
+        custom, plain = jax.jit(lambda: (grad(True), grad(False)))()  # one jit: compiling dominates
+        for name, got, want in zip(("w_in", "w_hh"), custom, plain):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"{cell} {name}")
 
 
 # ---------------------------------------------------------------------------------------------- inits

@@ -1,0 +1,225 @@
+"""RNN vs LSTM vs GRU on every level until solved: ``python -m pipelines.experiment --help``.
+
+Each run trains one cell on one level from one seed and checks the whole test split every ``--check-every``
+training sequences; it stops when solved (at most 1% of the test split misclassified, the criterion of
+Pascanu et al. 2013) or when its budget of training sequences is spent. Every run also records the 1997
+paper's figure: wrong answers among the first 2,560 test sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from pipelines import reporting
+from pipelines.config import TrainConfig
+from pipelines.sharding import Sharding, local_value
+from pipelines.steps import TrainState
+from qrsu_data import interop, loaders, store, task
+from qrsu_models import CELLS
+
+SOLVED_ERROR = 0.01
+"""Solved: at most this fraction of the test split misclassified (Pascanu et al. 2013)."""
+PAPER_TEST = 2560
+"""The 1997 paper's test set size; its figure is wrong answers out of this many."""
+PAPER_1997 = {"hard": 31_390, "exp6b": 571_100}
+"""Mean training sequences the 1997 LSTM needed (Table 9): Exp. 6a (= hard) and Exp. 6b."""
+BUDGETS = {"easy": 32_000, "normal": 64_000, "moderate": 64_000, "hard": 64_000, "nightmare": 64_000,
+           "exp6b": 96_000}
+"""Default training-sequence budget of a run, per level."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one (cell, level, seed) run ended with."""
+
+    cell: str
+    level: str
+    seed: int
+    solved: bool
+    sequences_to_solve: int | None
+    sequences_trained: int
+    test_accuracy: float
+    wrong_of_2560: int
+    wall_time_s: float
+    curve: list[tuple[int, float]]
+
+
+def _test_arrays(level: str, data_dir, padding: str) -> dict[str, np.ndarray]:
+    split = interop.numpy_split(level, "test", data_dir=data_dir, padding=padding)
+    return {k: split[k].astype(np.int32) for k in ("tokens", "lengths", "label")}
+
+
+def _correct(ts: TrainState, test: dict[str, np.ndarray], batch_size: int, padding: str) -> np.ndarray:
+    """Per-example correctness over the whole test split (the last batch padded, then cut)."""
+    model = ts.objects()[0]
+    n = len(test["label"])
+    out = np.empty(n, bool)
+
+    @nnx.jit(static_argnums=(3,))
+    def predict(model, tokens, lengths, padding):
+        return model(tokens, lengths, padding=padding).argmax(-1)
+
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size) % n  # wrap to keep one static shape
+        pred = predict(model, test["tokens"][idx], test["lengths"][idx], padding)
+        take = min(batch_size, n - start)
+        out[start:start + take] = np.asarray(local_value(pred))[:take] == test["label"][start:start + take]
+    return out
+
+
+def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, batch_size: int = 32,
+            lr: float = 3e-3, clip_norm: float = 1.0, hidden: int = 64, data_dir=None,
+            padding: str = "pre") -> RunResult:
+    """Trains ``cell`` on ``level`` from ``seed`` until solved or ``budget`` training sequences."""
+    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, lr=lr, clip_norm=clip_norm,
+                         hidden=hidden, seed=seed, lstm_init="chrono" if cell == "lstm" else "default",
+                         data_dir=data_dir, padding=padding, workdir=os.devnull).validate()
+    store.build(level, data_dir)
+    sharding = Sharding.create()
+    ts = TrainState.create(config, sharding)
+    train = loaders.train_loader(level, batch_size=batch_size, seed=seed, data_dir=data_dir, padding=padding)
+    test = _test_arrays(level, data_dir, padding)
+    steps_per_check = max(1, check_every // batch_size)
+    t0 = time.perf_counter()
+    seen, curve, solved_at = 0, [], None
+    correct = np.zeros(len(test["label"]), bool)
+    while seen < budget:
+        for _ in range(steps_per_check):
+            ts.train_step(sharding.put_batch(next(train)))
+        seen += steps_per_check * batch_size
+        correct = _correct(ts, test, 1000, padding)
+        curve.append((seen, float(correct.mean())))
+        if 1.0 - correct.mean() <= SOLVED_ERROR:
+            solved_at = seen
+            break
+    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, float(correct.mean()),
+                     int((~correct[:PAPER_TEST]).sum()), round(time.perf_counter() - t0, 1), curve)
+
+
+def markdown_table(results: list[RunResult]) -> str:
+    """Cells x levels: runs solved, median training sequences to solve, median final test accuracy."""
+    cells = list(dict.fromkeys(r.cell for r in results))
+    levels = list(dict.fromkeys(r.level for r in results))
+    lines = ["| level | " + " | ".join(cells) + " | 1997 LSTM |", "|---" * (len(cells) + 2) + "|"]
+    for level in levels:
+        row = [level]
+        for cell in cells:
+            runs = [r for r in results if r.cell == cell and r.level == level]
+            solved = [r.sequences_to_solve for r in runs if r.solved]
+            acc = statistics.median(r.test_accuracy for r in runs)
+            med = f"{statistics.median(solved):,.0f} seq" if solved else "not solved"
+            row.append(f"{len(solved)}/{len(runs)} solved, {med}, acc {acc:.3f}")
+        row.append(f"{PAPER_1997[level]:,} seq" if level in PAPER_1997 else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: list[RunResult], out: Path) -> None:
+    """accuracy_by_level.png (median final accuracy per cell) and learning_curves.png (one panel a level)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys(r.cell for r in results))
+    levels = list(dict.fromkeys(r.level for r in results))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for cell in cells:
+        ax.plot(levels, [statistics.median(r.test_accuracy for r in results if r.cell == cell and r.level == lv)
+                         for lv in levels], marker="o", label=cell)
+    ax.axhline(1 - SOLVED_ERROR, color="grey", linestyle="--", label="solved (99%)")
+    ax.set_ylabel("final test accuracy (median over seeds)")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_by_level.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.6), squeeze=False)
+    colors = dict(zip(cells, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, level in zip(axes[0], levels):
+        for r in results:
+            if r.level == level:
+                xs, ys = zip(*r.curve)
+                ax.plot(xs, ys, color=colors[r.cell], alpha=0.8, label=r.cell)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys())
+        ax.set_title(level)
+        ax.set_xlabel("training sequences")
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+
+def write_results(results: list[RunResult], out: Path) -> None:
+    """results.json, results.csv, results.md and the plots, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [dataclasses.asdict(r) for r in results]
+    reporting.write_json(out / "results.json", rows)
+    buf = io.StringIO()
+    fields = [f.name for f in dataclasses.fields(RunResult) if f.name != "curve"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    (out / "results.csv").write_text(buf.getvalue())
+    (out / "results.md").write_text(markdown_table(results))
+    plot_results(results, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the grid and writes its results."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    p.add_argument("--levels", nargs="+", default=list(task.LEVELS), choices=list(task.LEVELS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budget", type=int, default=None, help="training sequences per run (default: per level, "
+                   + ", ".join(f"{k} {v:,}" for k, v in BUDGETS.items()) + ")")
+    p.add_argument("--check-every", type=int, default=1600, help="training sequences between test checks")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="results/experiment", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a small grid for tests: lstm and rnn on easy, one seed")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cells, args.levels, args.seeds = ["rnn", "lstm"], ["easy"], args.seeds[:1]
+        args.budget, args.check_every = args.budget or 3200, min(args.check_every, 320)
+    for name in ("budget", "check_every", "batch_size", "hidden"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    results = []
+    for level in args.levels:
+        for cell in args.cells:
+            for seed in args.seeds:
+                r = run_one(cell, level, seed, budget=args.budget or BUDGETS[level], check_every=args.check_every,
+                            batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, hidden=args.hidden,
+                            data_dir=args.data_dir)
+                outcome = f"solved after {r.sequences_to_solve:,} sequences" if r.solved else "not solved"
+                print(f"{cell:<5} {level:<10} seed {seed}: {outcome}; test accuracy {r.test_accuracy:.4f}, "
+                      f"{r.wrong_of_2560} of 2560 wrong, {r.wall_time_s:.0f} s", flush=True)
+                results.append(r)
+    out = Path(args.out)
+    write_results(results, out)
+    print(f"\n{markdown_table(results)}\nWrote results.json, results.csv, results.md, accuracy_by_level.png "
+          f"and learning_curves.png to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
