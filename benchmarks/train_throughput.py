@@ -6,7 +6,8 @@
 For each level, batch size and cell, side by side in one process: sequences per second of a full training
 step (forward, backward, Adam update) and the first step's time (compilation included), for
 - ours: `pipelines.steps.TrainState.train_step`, the jitted step the training pipeline uses;
-- torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam (skipped if torch is absent);
+- torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam, in a child process
+  (skipped if torch is absent);
 - seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
 Batches are prepared before timing, so only the step is measured.
 """
@@ -14,6 +15,9 @@ Batches are prepared before timing, so only the step is measured.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import jax
@@ -97,6 +101,14 @@ def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: 
     return _timed(step, prepared, seconds)
 
 
+def torch_in_child(cell: str, level: str, batch_size: int, seconds: float) -> tuple[float, float]:
+    """torch_step measured in a fresh process: beside a live XLA thread pool, torch's threads spin against it
+    on 2 cores and measure several times slower."""
+    cmd = [sys.executable, __file__, "--torch-worker", f"{cell},{level},{batch_size},{seconds}"]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return out["first"], out["steps_per_s"]
+
+
 def seed_step(cell: str, level: task.Level, batches, steps: int = 2) -> tuple[float, float]:
     """The seed notebook's SimpleLSTM/SimpleRNN, Python time loop, un-jitted step (as in its Langkah 3-4)."""
     import optax
@@ -156,7 +168,14 @@ def main() -> None:
     p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=["lstm", "rnn", "gru"])
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
+    p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.torch_worker:
+        cell, level_name, bs, seconds = args.torch_worker.split(",")
+        level = task.get_level(level_name)
+        first, rate = torch_step(cell, level, int(bs), make_batches(level, int(bs), 8), float(seconds))
+        print(json.dumps({"first": first, "steps_per_s": rate}))
+        return
     try:
         import torch
 
@@ -175,7 +194,7 @@ def main() -> None:
             batches = make_batches(level, bs, 8)
             for cell in args.cells:
                 of, ot = ours(cell, level_name, bs, batches, args.seconds)
-                tf_, tt = torch_step(cell, level, bs, batches, args.seconds) if have_torch else (np.nan, np.nan)
+                tf_, tt = torch_in_child(cell, level_name, bs, args.seconds) if have_torch else (np.nan, np.nan)
                 run_seed = not args.no_seed and bs == 32 and cell in ("lstm", "rnn")
                 sf, st = seed_step(cell, level, batches) if run_seed else (np.nan, np.nan)
                 print(f"{level_name:<10}{bs:>6} {cell:<5}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}{tf_:>9.2f}"

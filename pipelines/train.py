@@ -176,8 +176,9 @@ def run(config: TrainConfig) -> dict:
                 if stop:
                     bar.close()
                     save()
-                    print(f"\nInterrupted at step {step}; checkpoint saved in {checkpointer.directory}. Continue "
-                          f"with: python -m pipelines.train --workdir {workdir} --resume", flush=True)
+                    if primary:
+                        print(f"\nInterrupted at step {step}; checkpoint saved in {checkpointer.directory}. "
+                              f"Continue with: python -m pipelines.train --workdir {workdir} --resume", flush=True)
                     checkpointer.close()
                     return {"interrupted": True, "step": step, "workdir": str(workdir)}
             bar.close()
