@@ -18,12 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from flax import nnx
-
-from pipelines import reporting
+from pipelines import evaluate, reporting, train
 from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding, local_value
+from pipelines.sharding import Sharding
 from pipelines.steps import TrainState
 from qrsu_data import interop, loaders, store, task
 from qrsu_models import CELLS
@@ -55,29 +52,6 @@ class RunResult:
     curve: list[tuple[int, float]]
 
 
-def _test_arrays(level: str, data_dir, padding: str) -> dict[str, np.ndarray]:
-    split = interop.numpy_split(level, "test", data_dir=data_dir, padding=padding)
-    return {k: split[k].astype(np.int32) for k in ("tokens", "lengths", "label")}
-
-
-def _correct(ts: TrainState, test: dict[str, np.ndarray], batch_size: int, padding: str) -> np.ndarray:
-    """Per-example correctness over the whole test split (the last batch padded, then cut)."""
-    model = ts.objects()[0]
-    n = len(test["label"])
-    out = np.empty(n, bool)
-
-    @nnx.jit(static_argnums=(3,))
-    def predict(model, tokens, lengths, padding):
-        return model(tokens, lengths, padding=padding).argmax(-1)
-
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size) % n  # wrap to keep one static shape
-        pred = predict(model, test["tokens"][idx], test["lengths"][idx], padding)
-        take = min(batch_size, n - start)
-        out[start:start + take] = np.asarray(local_value(pred))[:take] == test["label"][start:start + take]
-    return out
-
-
 def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, batch_size: int = 32,
             lr: float = 3e-3, clip_norm: float = 1.0, hidden: int = 64, data_dir=None,
             padding: str = "pre") -> RunResult:
@@ -88,23 +62,25 @@ def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, 
     store.build(level, data_dir)
     sharding = Sharding.create()
     ts = TrainState.create(config, sharding)
-    train = loaders.train_loader(level, batch_size=batch_size, seed=seed, data_dir=data_dir, padding=padding)
-    test = _test_arrays(level, data_dir, padding)
+    train_iter = loaders.train_loader(level, batch_size=batch_size, seed=seed, data_dir=data_dir, padding=padding)
     steps_per_check = max(1, check_every // batch_size)
     t0 = time.perf_counter()
-    seen, curve, solved_at = 0, [], None
-    correct = np.zeros(len(test["label"]), bool)
+    seen, curve, solved_at, accuracy = 0, [], None, 0.0
     while seen < budget:
         for _ in range(steps_per_check):
-            ts.train_step(sharding.put_batch(next(train)))
+            ts.train_step(sharding.put_batch(next(train_iter)))
         seen += steps_per_check * batch_size
-        correct = _correct(ts, test, 1000, padding)
-        curve.append((seen, float(correct.mean())))
-        if 1.0 - correct.mean() <= SOLVED_ERROR:
+        accuracy = train.evaluate(ts, config)["accuracy"]  # the whole test split, every example once
+        curve.append((seen, accuracy))
+        if 1.0 - accuracy <= SOLVED_ERROR:
             solved_at = seen
             break
-    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, float(correct.mean()),
-                     int((~correct[:PAPER_TEST]).sum()), round(time.perf_counter() - t0, 1), curve)
+    test = interop.numpy_split(level, "test", data_dir=data_dir, padding=padding)
+    predicted = evaluate.predict_labels(ts.objects()[0], test["tokens"][:PAPER_TEST],
+                                        test["lengths"][:PAPER_TEST], padding, batch_size=PAPER_TEST)
+    wrong = int((predicted != test["label"][:PAPER_TEST]).sum())
+    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, accuracy, wrong,
+                     round(time.perf_counter() - t0, 1), curve)
 
 
 def markdown_table(results: list[RunResult]) -> str:
