@@ -52,10 +52,6 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target_state)))["state"]
 
-    def restore_meta(self, step: int) -> dict:
-        """Only the metadata of checkpoint ``step``."""
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def close(self) -> None:
         """Releases the manager's resources."""
         self._manager.close()

@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +83,6 @@ def summarize(labels: np.ndarray, predicted: np.ndarray, positions: np.ndarray, 
             "lag_definition": lag_definition(level), "by_lag": by_lag}
 
 
-def _save_figure(fig, path: Path) -> None:
-    """Saves ``fig`` as a PNG atomically (temp file, then rename) and closes it."""
-    import matplotlib.pyplot as plt
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-
-
 def plot_confusion_matrix(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
     """Saves the confusion matrix (counts annotated, class names on both axes) as a PNG."""
     import matplotlib
@@ -124,7 +107,7 @@ def plot_confusion_matrix(result: dict[str, Any], path: str | os.PathLike, title
                     color="white" if matrix[i, j] > threshold else "black")
     ax.set_title(title)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    reporting.save_figure(fig, path)
 
 
 def plot_accuracy_by_lag(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
@@ -151,7 +134,7 @@ def plot_accuracy_by_lag(result: dict[str, Any], path: str | os.PathLike, title:
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    reporting.save_figure(fig, path)
 
 
 def evaluate_run(workdir: str | os.PathLike, split: str = "test", step: int | None = None,

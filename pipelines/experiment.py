@@ -119,8 +119,7 @@ def plot_results(results: list[RunResult], out: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_by_level.png", dpi=100)
-    plt.close(fig)
+    reporting.save_figure(fig, out / "accuracy_by_level.png")
     fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.6), squeeze=False)
     colors = dict(zip(cells, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, level in zip(axes[0], levels):
@@ -135,8 +134,7 @@ def plot_results(results: list[RunResult], out: Path) -> None:
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("test accuracy")
     fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=100)
-    plt.close(fig)
+    reporting.save_figure(fig, out / "learning_curves.png")
 
 
 def write_results(results: list[RunResult], out: Path) -> None:
@@ -149,8 +147,8 @@ def write_results(results: list[RunResult], out: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    (out / "results.csv").write_text(buf.getvalue())
-    (out / "results.md").write_text(markdown_table(results))
+    reporting.write_text(out / "results.csv", buf.getvalue())
+    reporting.write_text(out / "results.md", markdown_table(results))
     plot_results(results, out)
 
 

@@ -11,19 +11,40 @@ from typing import Any
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as JSON atomically: readers see the old file or the new one, never a half."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` atomically: readers see the old file or the new one, never a half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes ``data`` as indented JSON, atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Saves a matplotlib figure as a PNG atomically (temp file, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def new_history() -> dict[str, list]:
@@ -53,8 +74,4 @@ def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -62,7 +62,7 @@ class Sharding:
         return NamedSharding(self.mesh, P())
 
     def check_batch_size(self, global_batch_size: int) -> None:
-        """Raises ValueError unless the global batch splits evenly over devices and processes."""
+        """Raises ValueError unless the global batch splits evenly over the mesh's devices."""
         if global_batch_size % self.num_devices:
             raise ValueError(f"batch size {global_batch_size} is not divisible by the {self.num_devices} devices "
                              f"of the mesh; choose a multiple of {self.num_devices}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -93,19 +94,15 @@ def remove_stale_incomplete(config_dir: Path) -> list[Path]:
 def build(config: str, data_dir: str | os.PathLike | None = None, file_format: str = "array_record",
           **spec_kwargs) -> Path:
     """Builds a config (a level or a name like ``hard-train1000``) unless already built; returns its folder."""
-    from qrsu_data.temporal_order import Builder, TemporalOrderConfig
+    from qrsu_data.temporal_order import Builder
 
-    spec = splits.SplitSpec.from_name(config)
-    level, spec_kwargs = spec.level, {**{f: getattr(spec, f) for f in ("train_size", "test_size", "seed",
-                                                                         "holdout_fraction")}, **spec_kwargs}
-    if splits.SplitSpec(level, **spec_kwargs) == splits.SplitSpec(level):
-        spec_kwargs = {}
+    spec = dataclasses.replace(splits.SplitSpec.from_name(config), **spec_kwargs)
     if file_format not in FILE_FORMATS:
         raise ValueError(f"unknown file_format {file_format!r}; choose one of: {', '.join(FILE_FORMATS)}")
     root = resolve_data_dir(data_dir)
     check_writable(root)
-    cfg = TemporalOrderConfig(level=level, **spec_kwargs) if spec_kwargs else level
-    builder = Builder(config=cfg, data_dir=os.fspath(root), file_format=file_format)
+    # The builder resolves a config name (a level, or e.g. "hard-train1000") to its config.
+    builder = Builder(config=spec.name, data_dir=os.fspath(root), file_format=file_format)
     config_dir = Path(builder.data_dir).parent
     with _build_lock(config_dir):
         # TFDS builds into incomplete.* and renames at the end, so a crash never leaves a readable
