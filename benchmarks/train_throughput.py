@@ -5,7 +5,8 @@
 
 For each level, batch size and cell, side by side in one process: sequences per second of a full training
 step (forward, backward, Adam update) and the first step's time (compilation included), for
-- ours: `pipelines.steps.TrainState.train_step`, the jitted step the training pipeline uses;
+- ours: `pipelines.steps.TrainState.train_step`, the jitted step the training pipeline uses (on one CPU device
+  with its automatic gradient threads, column `thr`);
 - torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam, in a child process
   (skipped if torch is absent);
 - seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
@@ -42,7 +43,7 @@ def make_batches(level: task.Level, batch_size: int, n: int, seed: int = 0) -> l
     return out
 
 
-def _timed(step, batches, seconds: float) -> tuple[float, float]:
+def _timed(step, batches, seconds: float, sync=jax.block_until_ready) -> tuple[float, float]:
     """(first-step seconds, steady-state steps per second) of ``step`` over ``batches``, cycling."""
     t0 = time.perf_counter()
     step(batches[0], block=True)
@@ -54,32 +55,36 @@ def _timed(step, batches, seconds: float) -> tuple[float, float]:
         n += 1
         if n % 10 == 0 and time.perf_counter() - t0 > seconds:
             break
-    jax.block_until_ready(last)
+    sync(last)
     return first, n / (time.perf_counter() - t0)
 
 
-def ours(cell: str, level: str, batch_size: int, batches, seconds: float) -> tuple[float, float]:
-    """Our jitted step, exactly as the training pipeline builds it."""
+def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
+         grad_threads: int = 0) -> tuple[float, float, int]:
+    """Our jitted step, exactly as the training pipeline builds it; also returns its gradient threads."""
     sharding = Sharding.create()
-    ts = TrainState.create(TrainConfig(model=cell, difficulty=level, batch_size=batch_size), sharding)
+    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads)
+    ts = TrainState.create(config, sharding)
     placed = [sharding.put_batch(b) for b in batches]
 
     def step(b, block):
         loss = ts.train_step(b)
         return jax.block_until_ready(loss) if block else loss
 
-    return _timed(step, placed, seconds)
+    return (*_timed(step, placed, seconds), ts.threads)
 
 
 def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: float):
-    """PyTorch's built-in recurrent layer with the same shapes and optimizer."""
+    """PyTorch's built-in recurrent layer with the same shapes and optimizer (cuDNN's kernels on a GPU)."""
     import torch
 
     torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     layer = {"lstm": lambda: torch.nn.LSTM(8, 64, batch_first=True),
              "gru": lambda: torch.nn.GRU(8, 64, batch_first=True),
              "rnn": lambda: torch.nn.RNN(8, 64, nonlinearity="relu", batch_first=True)}[cell]()
-    head = torch.nn.Linear(64, level.num_classes)
+    layer.to(device)
+    head = torch.nn.Linear(64, level.num_classes).to(device)
     opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=1e-4)
     eye = torch.eye(8)
     prepared = []
@@ -87,7 +92,7 @@ def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: 
         x = eye[torch.from_numpy(b["tokens"]).long()]
         x[torch.from_numpy(b["tokens"] == 0) & (torch.arange(level.max_length)[None, :] <
                                                  torch.from_numpy(level.max_length - b["lengths"])[:, None])] = 0
-        prepared.append((x, torch.from_numpy(b["label"]).long()))
+        prepared.append((x.to(device), torch.from_numpy(b["label"]).long().to(device)))
 
     def step(b, block):
         x, y = b
@@ -96,9 +101,15 @@ def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: 
         loss = torch.nn.functional.cross_entropy(head(out[:, -1]), y)
         loss.backward()
         opt.step()
-        return None
+        if block and device == "cuda":
+            torch.cuda.synchronize()
+        return loss
 
-    return _timed(step, prepared, seconds)
+    def sync(_):
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return _timed(step, prepared, seconds, sync)
 
 
 def torch_in_child(cell: str, level: str, batch_size: int, seconds: float) -> tuple[float, float]:
@@ -168,6 +179,8 @@ def main() -> None:
     p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=["lstm", "rnn", "gru"])
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
+    p.add_argument("--compare-threads", action="store_true",
+                   help="also time our step on one gradient thread and print the threads' gain")
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
@@ -180,25 +193,32 @@ def main() -> None:
         import torch
 
         have_torch = True
-        torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        torch_note = (f"torch {torch.__version__} on {torch.cuda.get_device_name()} (cuDNN)"
+                      if torch.cuda.is_available() else
+                      f"torch {torch.__version__} on cpu, {torch.get_num_threads()} threads")
     except ImportError:
         have_torch = False
         torch_note = "torch not installed: PyTorch columns skipped (pip install torch==2.13.0)"
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}; {torch_note}")
-    header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
-              f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; {torch_note}")
+    header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
+              f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}"
+              + (f"{'1-thr seq/s':>13}{'thr gain':>12}" if args.compare_threads else ""))
     print(header)
     for level_name in args.levels:
         level = task.get_level(level_name)
         for bs in args.batch_sizes:
             batches = make_batches(level, bs, 8)
             for cell in args.cells:
-                of, ot = ours(cell, level_name, bs, batches, args.seconds)
+                of, ot, threads = ours(cell, level_name, bs, batches, args.seconds)
                 tf_, tt = torch_in_child(cell, level_name, bs, args.seconds) if have_torch else (np.nan, np.nan)
                 run_seed = not args.no_seed and bs == 32 and cell in ("lstm", "rnn")
                 sf, st = seed_step(cell, level, batches) if run_seed else (np.nan, np.nan)
-                print(f"{level_name:<10}{bs:>6} {cell:<5}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}{tf_:>9.2f}"
-                      f"{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}", flush=True)
+                extra = ""
+                if args.compare_threads:
+                    _, one, _ = ours(cell, level_name, bs, batches, args.seconds, grad_threads=1)
+                    extra = f"{one * bs:>13,.0f}{ot / one:>12.2f}"
+                print(f"{level_name:<10}{bs:>6} {cell:<5}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
+                      f"{tf_:>9.2f}{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}{extra}", flush=True)
 
 
 if __name__ == "__main__":

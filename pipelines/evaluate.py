@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -24,11 +25,17 @@ MAX_LAG_ROWS = 20
 """At most this many rows in the by-lag table and plot; wider lag ranges (nightmare) are binned."""
 
 
+@functools.lru_cache(maxsize=16)
+def _forward(graphdef: nnx.GraphDef, padding: str):
+    # Cached per model structure: repeated predictions (the experiment's checks) reuse one compilation.
+    return jax.jit(lambda p, t, n: jnp.argmax(apply_fn(graphdef)(p, t, n, padding), axis=-1))
+
+
 def predict_labels(model: SequenceClassifier, tokens: np.ndarray, lengths: np.ndarray, padding: str,
                    batch_size: int) -> np.ndarray:
     """The predicted class id of every row of ``tokens`` [N, T], through one jitted forward per batch."""
     graphdef, params = nnx.split(model)
-    forward = jax.jit(lambda p, t, n: jnp.argmax(apply_fn(graphdef)(p, t, n, padding), axis=-1))
+    forward = _forward(graphdef, padding)
     n = len(lengths)
     out = np.empty(n, np.int32)
     for start in range(0, n, batch_size):

@@ -47,6 +47,7 @@ SCRIPT = textwrap.dedent("""
             out[f"{name}_{model}_losses"] = losses
             out[f"{name}_{model}_params"] = [np.asarray(p).ravel().tolist() for p in params]
             out[f"{name}_{model}_param_devices"] = len(params[0].sharding.device_set)
+            out[f"{name}_{model}_threads"] = ts.threads
     print("RESULT" + json.dumps(out))
 """)
 
@@ -58,6 +59,7 @@ def test_batch_is_sharded_over_8_devices_and_training_matches_one_device():
     assert res.returncode == 0, res.stderr[-4000:]
     out = json.loads(res.stdout.split("RESULT", 1)[1])
     assert out["batch_devices"] == 8
+    assert out["eight_lstm_threads"] == 1  # a mesh parallelises the step itself: no gradient threads
     assert out["shards"] == [[4, 110]] * 8  # each device holds 4 of the 32 sequences
     for model in ("lstm", "rnn"):
         assert out[f"eight_{model}_param_devices"] == 8  # parameters replicated on every device
