@@ -175,27 +175,24 @@ def test_failed_build_leaves_nothing_readable_and_the_next_build_succeeds(tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_build_recovers(tmp_path, sig):
     """Ctrl-C (TFDS cleans up) or a kill (nothing runs): never a readable half dataset; the next build works."""
-    # The signal goes out as soon as the train file appears; on a loaded machine it can still land after the
-    # build has finished (exit 0), which tests nothing, so such an attempt is repeated in a fresh folder.
-    for attempt in range(3):
-        data_dir = tmp_path / f"attempt{attempt}"
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.build_dataset", "--config", "nightmare",
-                                 "--data-dir", os.fspath(data_dir), "--train-size", "100000", "--test-size", "100"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        config_dir = data_dir / "temporal_order" / "nightmare-test100"
-        deadline = time.time() + 120
-        while not list(config_dir.glob("incomplete.*/*train*")) and time.time() < deadline:
-            assert proc.poll() is None, "build finished before it could be interrupted"
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-        if proc.returncode != 0:
-            break
-    assert proc.returncode != 0, "three builds finished before the signal reached them"
-    assert not store.is_built("nightmare-test100", data_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.build_dataset", "--config", "nightmare",
+                             "--data-dir", os.fspath(tmp_path), "--train-size", "100000", "--test-size", "100"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # A shell's background job starts with SIGINT ignored, and a Python that starts so
+                            # never raises KeyboardInterrupt: give the build a terminal's default disposition.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    config_dir = tmp_path / "temporal_order" / "nightmare-test100"
+    deadline = time.time() + 120
+    while not list(config_dir.glob("incomplete.*/*train*")) and time.time() < deadline:
+        assert proc.poll() is None, "build finished before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not store.is_built("nightmare-test100", tmp_path)
     with pytest.raises(Exception):
         tfds.builder_from_directory(os.fspath(config_dir / "1.0.0"))
-    path = store.build("nightmare", data_dir, train_size=100_000, test_size=100)
+    path = store.build("nightmare", tmp_path, train_size=100_000, test_size=100)
     assert not list(config_dir.glob("incomplete.*"))  # what the killed build left is gone
     assert len(tfds.builder_from_directory(os.fspath(path)).as_data_source()["train"]) == 100_000
 
