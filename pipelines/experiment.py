@@ -4,8 +4,8 @@ Each run trains one cell on one level from one seed (batch 16, Adam 2e-3, gradie
 chrono-initialised LSTM gate biases) and checks the test split every ``--check-every`` training sequences
 (the first 2,560 sequences first, the whole split once those are at most 2% wrong); it stops when solved (at
 most 1% of the test split misclassified, the criterion of Pascanu et al. 2013) or when its budget of training
-sequences is spent. Every run also records the 1997
-paper's figure: wrong answers among the first 2,560 test sequences.
+sequences is spent. Every run also records the 1997 paper's figure: wrong answers among the first 2,560 test
+sequences.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, 
             lr: float = 2e-3, clip_norm: float = 1.0, hidden: int = 64, data_dir=None,
             padding: str = "pre", grad_threads: int = 2) -> RunResult:
     """Trains ``cell`` on ``level`` from ``seed`` until solved or ``budget`` training sequences."""
+    if budget <= 0 or check_every <= 0:
+        raise ValueError(f"budget and check_every must be positive, got {budget} and {check_every}")
     config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, lr=lr, clip_norm=clip_norm,
                          hidden=hidden, seed=seed, data_dir=data_dir, padding=padding, grad_threads=grad_threads,
                          workdir=os.devnull).validate()
@@ -80,8 +82,8 @@ def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, 
 
     steps_per_check = max(1, check_every // batch_size)
     t0 = time.perf_counter()
-    seen, curve, solved_at, accuracy = 0, [], None, 0.0
-    while seen < budget:
+    seen, curve, solved_at = 0, [], None
+    while seen < budget:  # at least one check runs
         for _ in range(steps_per_check):
             ts.train_step(sharding.put_batch(next(train_iter)))
         seen += steps_per_check * batch_size
@@ -90,15 +92,17 @@ def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, 
         # decides. A model at 1% error on the split fails the screen with probability ~1e-6 (5 sd).
         wrong = wrong_of_2560()
         accuracy = 1.0 - wrong / PAPER_TEST
-        if wrong <= SCREEN_ERROR * PAPER_TEST:
+        whole_split = wrong <= SCREEN_ERROR * PAPER_TEST
+        if whole_split:
             accuracy = train.evaluate(ts, config)["accuracy"]  # the whole test split, every example once
         curve.append((seen, accuracy))
         if 1.0 - accuracy <= SOLVED_ERROR:
             solved_at = seen
             break
-    if solved_at is None:
+    if not whole_split:
         accuracy = train.evaluate(ts, config)["accuracy"]  # the final figure is always the whole split's
-    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, accuracy, wrong_of_2560(),
+    # No training since the last check: its count of wrong answers is the final model's.
+    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, accuracy, wrong,
                      round(time.perf_counter() - t0, 1), curve)
 
 

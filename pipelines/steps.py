@@ -74,6 +74,7 @@ class TrainState:
     _grad: Callable | None = None
     _apply: Callable | None = None
     _pool: ThreadPoolExecutor | None = None
+    threads: int = 1  # how many threads share each train step's gradient
 
     @classmethod
     def create(cls, config: TrainConfig, sharding: Sharding) -> TrainState:
@@ -99,12 +100,8 @@ class TrainState:
             ts._grad = jax.jit(functools.partial(_grad_part, ts._graphdef, ts.padding, part))
             ts._apply = jax.jit(functools.partial(_apply_grads, ts._graphdef), donate_argnums=0)
             ts._pool = ThreadPoolExecutor(threads, thread_name_prefix="qrsu-grad")
+            ts.threads = threads
         return ts
-
-    @property
-    def threads(self) -> int:
-        """How many threads share each train step's gradient."""
-        return self._pool._max_workers if self._pool else 1
 
     def train_step(self, batch: dict[str, jax.Array]) -> jax.Array:
         """One optimizer step on ``batch``; returns the batch's mean loss (a device scalar)."""
@@ -154,12 +151,18 @@ def _loss(model: SequenceClassifier, batch: dict[str, jax.Array], padding: str):
     return losses.mean(), (logits, losses)
 
 
-def _train_step(graphdef, padding: str, state, batch):
+def _update(graphdef, state, grads, logits, losses, labels):
+    # The end of every train step: the optimizer's update and the train metrics, on the new state.
     model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
-    (loss, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, batch, padding)
     optimizer.update(model, grads)
-    train_metrics.update(values=losses, logits=logits, labels=batch["label"])
-    return nnx.state((model, optimizer, train_metrics, eval_metrics)), loss
+    train_metrics.update(values=losses, logits=logits, labels=labels)
+    return nnx.state((model, optimizer, train_metrics, eval_metrics)), losses.mean()
+
+
+def _train_step(graphdef, padding: str, state, batch):
+    model = nnx.merge(graphdef, state)[0]
+    (_, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, batch, padding)
+    return _update(graphdef, state, grads, logits, losses, batch["label"])
 
 
 def _grad_part(graphdef, padding: str, part: int, state, batch, index):
@@ -171,14 +174,11 @@ def _grad_part(graphdef, padding: str, part: int, state, batch, index):
 
 
 def _apply_grads(graphdef, state, parts, labels):
-    model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
     # Equal parts: the mean of the parts' mean gradients is the whole batch's mean gradient.
     grads = jax.tree.map(lambda *g: sum(g) / len(g), *[p[0] for p in parts])
-    optimizer.update(model, grads)
     logits = jnp.concatenate([p[1] for p in parts])
     losses = jnp.concatenate([p[2] for p in parts])
-    train_metrics.update(values=losses, logits=logits, labels=labels)
-    return nnx.state((model, optimizer, train_metrics, eval_metrics)), losses.mean()
+    return _update(graphdef, state, grads, logits, losses, labels)
 
 
 def _eval_step(graphdef, padding: str, state, batch):

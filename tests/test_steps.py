@@ -7,7 +7,7 @@ import pytest
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
 from pipelines.steps import MIN_PART_WORK, TrainState, grad_threads
-from qrsu_data import task
+from qrsu_data import decoding, task
 
 
 def _batches(level_name: str, batch_size: int, n: int) -> list[dict[str, np.ndarray]]:
@@ -16,9 +16,7 @@ def _batches(level_name: str, batch_size: int, n: int) -> list[dict[str, np.ndar
     out = []
     for _ in range(n):
         b = task.generate(level, batch_size, rng)
-        tokens = np.full((batch_size, level.max_length), task.PAD_ID, np.int32)
-        for i, seq in enumerate(b.sequences()):
-            tokens[i, level.max_length - len(seq):] = seq
+        tokens = decoding.pad_sequences(b.sequences(), level.max_length, "pre")
         out.append({"tokens": tokens, "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)})
     return out
 
