@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--levels hard nightmare] [--batch-sizes 32 256]
                                           [--cells lstm rnn gru] [--seconds 3] [--no-seed]
+                                          [--compare-threads] [--unrolls 1 16]
 
 For each level, batch size and cell, side by side in one process: sequences per second of a full training
 step (forward, backward, Adam update) and the first step's time (compilation included), for
@@ -60,10 +61,11 @@ def _timed(step, batches, seconds: float, sync=jax.block_until_ready) -> tuple[f
 
 
 def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
-         grad_threads: int = 0) -> tuple[float, float, int]:
+         grad_threads: int = 0, unroll: int = 0) -> tuple[float, float, int]:
     """Our jitted step, exactly as the training pipeline builds it; also returns its gradient threads."""
     sharding = Sharding.create()
-    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads)
+    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads,
+                         unroll=unroll)
     ts = TrainState.create(config, sharding)
     placed = [sharding.put_batch(b) for b in batches]
 
@@ -181,6 +183,8 @@ def main() -> None:
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
     p.add_argument("--compare-threads", action="store_true",
                    help="also time our step on one gradient thread and print the threads' gain")
+    p.add_argument("--unrolls", nargs="+", type=int, default=[],
+                   help="also time our step with each of these --unroll values (seq/s and first step)")
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
@@ -202,7 +206,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; {torch_note}")
     header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
               f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}"
-              + (f"{'1-thr seq/s':>13}{'thr gain':>12}" if args.compare_threads else ""))
+              + (f"{'1-thr seq/s':>13}{'thr gain':>12}" if args.compare_threads else "")
+              + "".join(f"{f'u{u} seq/s':>12}{'first s':>9}" for u in args.unrolls))
     print(header)
     for level_name in args.levels:
         level = task.get_level(level_name)
@@ -217,6 +222,9 @@ def main() -> None:
                 if args.compare_threads:
                     _, one, _ = ours(cell, level_name, bs, batches, args.seconds, grad_threads=1)
                     extra = f"{one * bs:>13,.0f}{ot / one:>12.2f}"
+                for u in args.unrolls:
+                    uf, ut, _ = ours(cell, level_name, bs, batches, args.seconds, unroll=u)
+                    extra += f"{ut * bs:>12,.0f}{uf:>9.2f}"
                 print(f"{level_name:<10}{bs:>6} {cell:<5}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
                       f"{tf_:>9.2f}{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}{extra}", flush=True)
 

@@ -19,12 +19,28 @@ from qrsu_data import task
 from qrsu_models import SequenceClassifier
 
 
+ACCELERATOR_UNROLL = 8
+"""Automatic ``unroll`` on a GPU or TPU (on CPU it is 1): time steps per iteration of the recurrence's loop.
+
+Measured on an H100 (benchmarks/train_throughput.py --unrolls 1 16): 8 ran hard and nightmare 1.6-1.9x faster
+than 1; 16 added 0-5% more but compiled up to 1.4x longer."""
+
+
+def unroll(config: TrainConfig) -> int:
+    """Time steps per loop iteration of the model's recurrence: ``config.unroll``, or 0 resolved for this device."""
+    if config.unroll:
+        return config.unroll
+    # XLA:CPU runs a loop body op by op either way, and unrolling measured slower there; on a GPU every
+    # iteration pays kernel launches and loop bookkeeping, so fewer, longer iterations pay.
+    return 1 if jax.devices()[0].platform == "cpu" else ACCELERATOR_UNROLL
+
+
 def create_model(config: TrainConfig) -> SequenceClassifier:
     """The configured classifier, initialised from ``config.seed``."""
     # Chrono initialisation spreads the forget gates' time scales up to the level's sequence length.
     return SequenceClassifier(config.model, hidden=config.hidden, num_classes=config.num_classes,
                               lstm_init=config.lstm_init, chrono_max=task.get_level(config.difficulty).padded_length,
-                              rngs=nnx.Rngs(config.seed))
+                              unroll=unroll(config), rngs=nnx.Rngs(config.seed))
 
 
 def create_tx(config: TrainConfig) -> optax.GradientTransformation:
@@ -67,13 +83,18 @@ class TrainState:
     eval_metrics: nnx.MultiMetric
     padding: str
     sharding: Sharding
-    state: Any = None  # nnx.State of (model, optimizer, train_metrics, eval_metrics), on the mesh
+    # The state of (model, optimizer, train_metrics, eval_metrics) as the flat list of its arrays, on the
+    # mesh: the jitted steps take and return plain lists, so a call does no per-Variable Python work
+    # (flattening an nnx.State and rebuilding its Variables cost ~0.7 ms a call, on the critical path).
+    _leaves: list | None = None
+    _treedef: Any = None
     _graphdef: Any = None
     _train: Callable | None = None
     _eval: Callable | None = None
     _grad: Callable | None = None
     _apply: Callable | None = None
     _pool: ThreadPoolExecutor | None = None
+    _indices: list | None = None
     threads: int = 1  # how many threads share each train step's gradient
 
     @classmethod
@@ -83,13 +104,15 @@ class TrainState:
         optimizer = nnx.Optimizer(model, create_tx(config), wrt=nnx.Param)
         ts = cls(model, optimizer, create_metrics(), create_metrics(), config.padding, sharding)
         ts._graphdef, state = nnx.split((ts.model, ts.optimizer, ts.train_metrics, ts.eval_metrics))
-        ts.state = sharding.replicate(state)
+        ts._treedef = jax.tree.structure(state)
+        ts.state = state
         rep, bat = sharding.replicated, sharding.batch
-        # The graph is split once: the jitted functions take and return plain pytrees, so no NNX graph
+        # The graph is split once: the jitted functions take and return flat lists of arrays, so no NNX graph
         # traversal happens per step; the old state's buffers are donated to the new one.
-        ts._train = jax.jit(functools.partial(_train_step, ts._graphdef, ts.padding),
+        graph = (ts._graphdef, ts._treedef)
+        ts._train = jax.jit(functools.partial(_train_step, graph, ts.padding),
                             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-        ts._eval = jax.jit(functools.partial(_eval_step, ts._graphdef, ts.padding),
+        ts._eval = jax.jit(functools.partial(_eval_step, graph, ts.padding),
                            in_shardings=(rep, bat), out_shardings=rep, donate_argnums=0)
         threads = grad_threads(config, sharding)
         if threads > 1:
@@ -97,26 +120,36 @@ class TrainState:
             # concurrently; separate executions on separate threads do. So each thread takes the gradient
             # of one slice of the batch, and one more program averages them and updates.
             part = config.batch_size // threads
-            ts._grad = jax.jit(functools.partial(_grad_part, ts._graphdef, ts.padding, part))
-            ts._apply = jax.jit(functools.partial(_apply_grads, ts._graphdef), donate_argnums=0)
+            ts._grad = jax.jit(functools.partial(_grad_part, graph, ts.padding, part))
+            ts._apply = jax.jit(functools.partial(_apply_grads, graph), donate_argnums=0)
+            ts._indices = [jnp.int32(i) for i in range(threads)]  # device scalars: no conversion per call
             ts._pool = ThreadPoolExecutor(threads, thread_name_prefix="qrsu-grad")
             ts.threads = threads
         return ts
 
+    @property
+    def state(self) -> nnx.State:
+        """The nnx.State of (model, optimizer, train_metrics, eval_metrics), on the mesh."""
+        return jax.tree.unflatten(self._treedef, self._leaves)
+
+    @state.setter
+    def state(self, state: nnx.State) -> None:
+        self._leaves = jax.tree.leaves(self.sharding.replicate(state))
+
     def train_step(self, batch: dict[str, jax.Array]) -> jax.Array:
         """One optimizer step on ``batch``; returns the batch's mean loss (a device scalar)."""
         if self._pool is None:
-            self.state, loss = self._train(self.state, batch)
+            self._leaves, loss = self._train(self._leaves, batch)
             return loss
-        state = self.state
-        parts = [self._pool.submit(lambda i: jax.block_until_ready(self._grad(state, batch, i)), i)
-                 for i in range(self.threads)]
-        self.state, loss = self._apply(state, [p.result() for p in parts], batch["label"])
+        leaves = self._leaves
+        parts = [self._pool.submit(lambda i: jax.block_until_ready(self._grad(leaves, batch, i)), i)
+                 for i in self._indices]
+        self._leaves, loss = self._apply(leaves, [p.result() for p in parts], batch["label"])
         return loss
 
     def eval_step(self, batch: dict[str, jax.Array]) -> None:
         """Adds ``batch`` (masked: padded rows ignored) to the eval metrics."""
-        self.state = self._eval(self.state, batch)
+        self._leaves = self._eval(self._leaves, batch)
 
     def objects(self) -> tuple[SequenceClassifier, nnx.Optimizer, nnx.MultiMetric, nnx.MultiMetric]:
         """(model, optimizer, train metrics, eval metrics) holding the current state."""
@@ -132,7 +165,7 @@ class TrainState:
         """Zeroes the ``train`` or ``eval`` metrics."""
         _, _, tm, em = self.objects()
         (tm if which == "train" else em).reset()
-        self.state = self.sharding.replicate(nnx.state((self.model, self.optimizer, tm, em)))
+        self.state = nnx.state((self.model, self.optimizer, tm, em))
 
     def pure_state(self) -> dict:
         """The whole state as a nested dict of arrays (what a checkpoint stores)."""
@@ -142,7 +175,7 @@ class TrainState:
         """Replaces the state by a dict of the same structure as ``pure_state()``'s."""
         state = self.state
         nnx.replace_by_pure_dict(state, pure)
-        self.state = self.sharding.replicate(state)
+        self.state = state
 
 
 def _loss(model: SequenceClassifier, batch: dict[str, jax.Array], padding: str):
@@ -151,38 +184,51 @@ def _loss(model: SequenceClassifier, batch: dict[str, jax.Array], padding: str):
     return losses.mean(), (logits, losses)
 
 
-def _update(graphdef, state, grads, logits, losses, labels):
+def _update(graph, state, grads, logits, losses, labels):
     # The end of every train step: the optimizer's update and the train metrics, on the new state.
-    model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
+    model, optimizer, train_metrics, eval_metrics = nnx.merge(graph[0], state)
     optimizer.update(model, grads)
     train_metrics.update(values=losses, logits=logits, labels=labels)
-    return nnx.state((model, optimizer, train_metrics, eval_metrics)), losses.mean()
+    return _leaves(graph, nnx.state((model, optimizer, train_metrics, eval_metrics))), losses.mean()
 
 
-def _train_step(graphdef, padding: str, state, batch):
-    model = nnx.merge(graphdef, state)[0]
+def _leaves(graph, state) -> list:
+    # The flat list a jitted step returns; the structure must stay the one the step was built for.
+    leaves, treedef = jax.tree.flatten(state)
+    if treedef != graph[1]:
+        raise ValueError(f"the step changed the state's structure:\n{graph[1]}\n->\n{treedef}")
+    return leaves
+
+
+def _train_step(graph, padding: str, leaves, batch):
+    state = jax.tree.unflatten(graph[1], leaves)
+    model = nnx.merge(graph[0], state)[0]
     (_, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, batch, padding)
-    return _update(graphdef, state, grads, logits, losses, batch["label"])
+    return _update(graph, state, grads, logits, losses, batch["label"])
 
 
-def _grad_part(graphdef, padding: str, part: int, state, batch, index):
+def _grad_part(graph, padding: str, part: int, leaves, batch, index):
     # Slicing inside the program keeps one compilation for every part (index is traced).
     sliced = {k: jax.lax.dynamic_slice_in_dim(v, index * part, part) for k, v in batch.items()}
-    model = nnx.merge(graphdef, state)[0]
+    model = nnx.merge(graph[0], jax.tree.unflatten(graph[1], leaves))[0]
     (_, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, sliced, padding)
-    return grads, logits, losses
+    return jax.tree.leaves(grads), logits, losses
 
 
-def _apply_grads(graphdef, state, parts, labels):
+def _apply_grads(graph, leaves, parts, labels):
+    state = jax.tree.unflatten(graph[1], leaves)
+    # The gradients' structure is that of the model's parameters (what nnx.value_and_grad differentiates).
+    grad_def = jax.tree.structure(nnx.state(nnx.merge(graph[0], state)[0], nnx.Param))
     # Equal parts: the mean of the parts' mean gradients is the whole batch's mean gradient.
-    grads = jax.tree.map(lambda *g: sum(g) / len(g), *[p[0] for p in parts])
+    grads = jax.tree.unflatten(grad_def, [sum(g) / len(g) for g in zip(*[p[0] for p in parts])])
     logits = jnp.concatenate([p[1] for p in parts])
     losses = jnp.concatenate([p[2] for p in parts])
-    return _update(graphdef, state, grads, logits, losses, labels)
+    return _update(graph, state, grads, logits, losses, labels)
 
 
-def _eval_step(graphdef, padding: str, state, batch):
-    model, optimizer, train_metrics, eval_metrics = nnx.merge(graphdef, state)
+def _eval_step(graph, padding: str, leaves, batch):
+    state = jax.tree.unflatten(graph[1], leaves)
+    model, optimizer, train_metrics, eval_metrics = nnx.merge(graph[0], state)
     _, (logits, losses) = _loss(model, batch, padding)
     eval_metrics.update(values=losses, logits=logits, labels=batch["label"], mask=batch["mask"])
-    return nnx.state((model, optimizer, train_metrics, eval_metrics))
+    return _leaves(graph, nnx.state((model, optimizer, train_metrics, eval_metrics)))

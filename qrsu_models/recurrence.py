@@ -12,26 +12,29 @@ token, bit for bit, and the padded steps add nothing to any gradient (their h_{t
 
 Why hand-written backward passes (``jax.custom_vjp``)? Measured on a 2-core XLA:CPU: every op inside a
 ``while`` body is a separately dispatched, single-threaded kernel (~1 us of overhead each), each per-step
-stacked output is a dynamic-update-slice, and every large temporary is fresh memory page-faulted in on every
-call (B=256 x T=111 x 4H floats is 29 MB). Autodiff of the scan stacks several intermediates per step and
-adds a small dW matmul per step. The backward passes here instead:
+stacked output is a dynamic-update-slice, and every large temporary costs memory bandwidth on every call
+(B=256 x T=111 x 4H floats is 29 MB). Autodiff of the scan stacks several intermediates per step and adds a
+small dW matmul per step. Here instead:
 
-* store only the carries (h_{t-1}, c_{t-1}) in the forward loop: 2H floats per step and row;
-* in the reverse loop, recompute the step's gates with ONE fused matmul ``[h_{t-1} | onehot_t] @ [W_hh;
-  W_in]`` (the RNN needs no recompute: relu(tanh)' follows from h_t itself) and propagate dh/dc through one
-  ``dz @ W_hh^T`` matmul;
-* accumulate the gradients of W_hh AND of the input table with one ``[h_{t-1} | onehot_t]^T @ dz_t`` matmul
-  per step, so the reverse loop stacks nothing.
+* every step, forward and backward, takes its token ids and forms ``[h_{t-1} | onehot_t]`` itself, so ONE
+  matmul with ``[W_hh; W_in]`` gives the step's pre-activations: no gathered [T, B, G] input streams and no
+  bulk [T, B, H+V] operands (measured 6-15% faster than gathering the inputs before the loop);
+* the forward loop stores only the carries (h_{t-1}, c_{t-1}): 2H floats per step and row;
+* the reverse loop recomputes the step's gates with that one matmul (the RNN needs no recompute:
+  relu(tanh)' follows from h_t itself) and propagates dh/dc through one ``dz @ W_hh^T`` matmul;
+* it accumulates the gradients of W_hh AND of the input table with one ``[h_{t-1} | onehot_t]^T @ dz_t``
+  matmul per step, so the reverse loop stacks nothing.
 
 That is 4 matmuls per step for the LSTM/GRU (2 for the RNN) instead of 3 with stored gates, and no [T, B, G]
 buffer anywhere. Measured alternatives, all on this 2-core machine: storing the gates in the forward loop
 (plus bulk precompute of the backward's coefficients) was ~even at batch 32 and ~1.4x slower at batch 256;
 stacking dz and computing dW as ONE [H+V, T*B] @ [T*B, G] matmul after the loop was within noise (+-15%)
-at B=32, T=111 and ~1.3x slower at B=32, T=501 (16 MB of fresh stack per step).
+at B=32, T=111 and ~1.3x slower at B=32, T=501; processing 2-8 steps per loop iteration, with one dW
+matmul per chunk, was within noise.
 
 Sigmoids are computed as 0.5*tanh(x/2) + 0.5 on pre-scaled weights (one transcendental per gate; XLA:CPU's
 logistic is slower). Loop bodies never slice a dynamically indexed array (XLA:CPU then emits scalar code):
-per-step inputs are whole arrays, one per gate, and only values computed inside the step are sliced.
+per-step inputs are whole arrays, and only values computed inside the step are sliced.
 """
 
 from __future__ import annotations
@@ -46,21 +49,15 @@ GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 """Gate blocks per cell: ``w_in`` and ``w_hh`` have GATES[cell] * hidden columns (flax's gate order)."""
 
 
-def _gather_rows(w_in: jax.Array, tokens: jax.Array) -> jax.Array:
-    """w_in[tokens] [T, B, G]; ids outside [0, V) (padding) give zero rows."""
-    vocab = w_in.shape[0]
-    valid = (tokens >= 0) & (tokens < vocab)
-    rows = jnp.concatenate([w_in, jnp.zeros((1, w_in.shape[1]), w_in.dtype)], axis=0)
-    return rows[jnp.where(valid, tokens, vocab)]
+def _augmented(h: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
+    """One step's [h | onehot(token)] [B, H+V]: ``@ [W_hh; W_in]`` gives the step's pre-activations."""
+    # jax.nn.one_hot gives an all-zero row for ids outside [0, V), i.e. for padding.
+    return jnp.concatenate([h, jax.nn.one_hot(tokens, vocab, dtype=h.dtype)], axis=-1)
 
 
-def _augmented(h_prev: jax.Array, tokens: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
-    """[h_{t-1} | onehot(token_t)] [T, B, H+V] and its per-step transpose [T, H+V, B], built once in bulk."""
-    # jax.nn.one_hot gives an all-zero row for ids outside [0, V), i.e. for padding. The transpose makes the
-    # per-step weight-gradient product a plain [H+V, B] @ [B, G] matmul (a transposed operand inside the loop
-    # would fall off XLA:CPU's fast matmul path).
-    aug = jnp.concatenate([h_prev, jax.nn.one_hot(tokens, vocab, dtype=h_prev.dtype)], axis=-1)
-    return aug, jnp.swapaxes(aug, 1, 2)
+def _outer(a: jax.Array, dz: jax.Array) -> jax.Array:
+    """a^T @ dz [H+V, G]: one step's weight gradient, summed over the batch."""
+    return lax.dot_general(a, dz, (((0,), (0,)), ((), ())))
 
 
 def _sigmoid_scale(blocks: tuple[float, ...], hidden: int, dtype: jnp.dtype) -> jax.Array:
@@ -76,26 +73,22 @@ _LSTM_K = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
 def _lstm_forward(tokens, w_in, w_hh, unroll, keep):
     hidden = w_hh.shape[0]
     k = _sigmoid_scale(_LSTM_K, hidden, w_hh.dtype)
-    w = w_hh * k
-    win = w_in * k
-    # One input stream per gate: a step must not slice a dynamically indexed array, nor a value computed
-    # from one, or XLA:CPU may fuse it into scalar code (it did for the GRU: 70 us instead of ~5 us a step).
-    xs = tuple(_gather_rows(win[:, j * hidden:(j + 1) * hidden], tokens) for j in range(4))
+    vocab = w_in.shape[0]
+    w_aug = jnp.concatenate([w_hh, w_in], axis=0) * k  # [H+V, 4H]
 
-    def step(carry, x):
+    def step(carry, tok):
         c, h = carry
-        xi, xf, xg, xo = x
-        z = h @ w
-        i = 0.5 * jnp.tanh(z[:, :hidden] + xi) + 0.5
-        f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden] + xf) + 0.5
-        g = jnp.tanh(z[:, 2 * hidden:3 * hidden] + xg)
-        o = 0.5 * jnp.tanh(z[:, 3 * hidden:] + xo) + 0.5
+        z = _augmented(h, tok, vocab) @ w_aug
+        i = 0.5 * jnp.tanh(z[:, :hidden]) + 0.5
+        f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden]) + 0.5
+        g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
+        o = 0.5 * jnp.tanh(z[:, 3 * hidden:]) + 0.5
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
         return (c_new, h_new), ((c, h) if keep else None)
 
     zeros = jnp.zeros((tokens.shape[1], hidden), w_hh.dtype)
-    return lax.scan(step, (zeros, zeros), xs, unroll=unroll)
+    return lax.scan(step, (zeros, zeros), tokens, unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -117,12 +110,12 @@ def _lstm_bwd(unroll, res, dh_last):
     w = w_hh * k
     w_aug = jnp.concatenate([w, w_in * k], axis=0)  # [H+V, 4H]: z = [h | onehot] @ w_aug
     w_t = w.T
-    aug, aug_t = _augmented(h_prev, tokens, vocab)
     batch = tokens.shape[1]
 
     def step(carry, xs):
         dh, dc, dw_aug = carry
-        a, a_t, cp = xs
+        tok, hp, cp = xs
+        a = _augmented(hp, tok, vocab)
         u = jnp.tanh(a @ w_aug)  # recomputed gates (scaled pre-activations)
         ui, uf, ug, uo = (u[:, j * hidden:(j + 1) * hidden] for j in range(4))
         i, f, o = 0.5 * ui + 0.5, 0.5 * uf + 0.5, 0.5 * uo + 0.5
@@ -131,10 +124,10 @@ def _lstm_bwd(unroll, res, dh_last):
         # Cotangents of the scaled pre-activations: d sigmoid-gate = 0.5 * (1 - u^2), d tanh-gate = 1 - u^2.
         dz = jnp.stack([dc * ug * 0.5 * (1.0 - ui * ui), dc * cp * 0.5 * (1.0 - uf * uf),
                         dc * i * (1.0 - ug * ug), dh * tc * 0.5 * (1.0 - uo * uo)], axis=1).reshape(batch, gates)
-        return (dz @ w_t, dc * f, dw_aug + a_t @ dz), None
+        return (dz @ w_t, dc * f, dw_aug + _outer(a, dz)), None
 
     init = (dh_last, jnp.zeros_like(dh_last), jnp.zeros_like(w_aug))
-    (_, _, dw_aug), _ = lax.scan(step, init, (aug, aug_t, c_prev), reverse=True, unroll=unroll)
+    (_, _, dw_aug), _ = lax.scan(step, init, (tokens, h_prev, c_prev), reverse=True, unroll=unroll)
     # z was computed with k-scaled weights: chain rule through the scaling.
     return None, dw_aug[hidden:] * k, dw_aug[:hidden] * k
 
@@ -149,23 +142,29 @@ _GRU_K = (0.5, 0.5, 1.0)  # r, z, n
 
 def _gru_forward(tokens, w_in, w_hh, unroll, keep):
     hidden = w_hh.shape[0]
-    k = _sigmoid_scale(_GRU_K, hidden, w_hh.dtype)
-    w = w_hh * k
-    win = w_in * k
-    # One input stream per gate: a step must not slice a dynamically indexed array (nor a value computed
-    # from one), or XLA:CPU fuses it into scalar code (measured 70 us instead of ~5 us per step).
-    x_r, x_z, x_n = (_gather_rows(win[:, j * hidden:(j + 1) * hidden], tokens) for j in range(3))
+    vocab = w_in.shape[0]
+    w_aug = _gru_w_aug(w_in, w_hh)
 
-    def step(h, xs):
-        xr, xz, xn = xs
-        zh = h @ w
-        r = 0.5 * jnp.tanh(zh[:, :hidden] + xr) + 0.5
-        z = 0.5 * jnp.tanh(zh[:, hidden:2 * hidden] + xz) + 0.5
-        n = jnp.tanh(xn + r * zh[:, 2 * hidden:])
+    def step(h, tok):
+        za = _augmented(h, tok, vocab) @ w_aug
+        r = 0.5 * jnp.tanh(za[:, :hidden]) + 0.5
+        z = 0.5 * jnp.tanh(za[:, hidden:2 * hidden]) + 0.5
+        n = jnp.tanh(za[:, 3 * hidden:] + r * za[:, 2 * hidden:3 * hidden])
         return n + z * (h - n), (h if keep else None)  # == (1 - z) * n + z * h
 
     h0 = jnp.zeros((tokens.shape[1], hidden), w_hh.dtype)
-    return lax.scan(step, h0, (x_r, x_z, x_n), unroll=unroll)
+    return lax.scan(step, h0, tokens, unroll=unroll)
+
+
+def _gru_w_aug(w_in: jax.Array, w_hh: jax.Array) -> jax.Array:
+    """[H+V, 4H] with [h | onehot] @ it = [x_rz + h W_rz | h W_hn | x_n] (scaled): r multiplies h W_hn alone."""
+    hidden, vocab = w_hh.shape[0], w_in.shape[0]
+    k = _sigmoid_scale(_GRU_K, hidden, w_hh.dtype)
+    w, win = w_hh * k, w_in * k
+    return jnp.concatenate([
+        jnp.concatenate([w, jnp.zeros((hidden, hidden), w.dtype)], axis=1),
+        jnp.concatenate([win[:, :2 * hidden], jnp.zeros((vocab, hidden), w.dtype), win[:, 2 * hidden:]], axis=1),
+    ], axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -184,19 +183,14 @@ def _gru_bwd(unroll, res, dh_last):
     hidden = w_hh.shape[0]
     vocab = w_in.shape[0]
     k = _sigmoid_scale(_GRU_K, hidden, w_hh.dtype)
-    w, win = w_hh * k, w_in * k
-    # One matmul gives [x_rz + h W_rz | h W_hn | x_n]: the n gate needs its two halves apart (r multiplies one).
-    w_aug = jnp.concatenate([
-        jnp.concatenate([w, jnp.zeros((hidden, hidden), w.dtype)], axis=1),
-        jnp.concatenate([win[:, :2 * hidden], jnp.zeros((vocab, hidden), w.dtype), win[:, 2 * hidden:]], axis=1),
-    ], axis=0)  # [H+V, 4H]
-    w_t = jnp.concatenate([w.T, jnp.zeros((hidden, hidden), w.dtype)], axis=0)  # [4H, H]: ignores the x_n block
-    aug, aug_t = _augmented(h_prev, tokens, vocab)
+    w_aug = _gru_w_aug(w_in, w_hh)
+    w_t = jnp.concatenate([(w_hh * k).T, jnp.zeros((hidden, hidden), w_hh.dtype)], axis=0)  # [4H, H]: no x_n
     batch = tokens.shape[1]
 
     def step(carry, xs):
         dh, dw_aug = carry
-        a, a_t, hp = xs
+        tok, hp = xs
+        a = _augmented(hp, tok, vocab)
         za = a @ w_aug
         u = jnp.tanh(za[:, :2 * hidden])
         ur, uz = u[:, :hidden], u[:, hidden:]
@@ -206,9 +200,9 @@ def _gru_bwd(unroll, res, dh_last):
         dan = dh * (1.0 - z) * (1.0 - n * n)
         dz = jnp.stack([dan * hn * 0.5 * (1.0 - ur * ur), dh * (hp - n) * 0.5 * (1.0 - uz * uz), dan * r, dan],
                        axis=1).reshape(batch, 4 * hidden)
-        return (dh * z + dz @ w_t, dw_aug + a_t @ dz), None
+        return (dh * z + dz @ w_t, dw_aug + _outer(a, dz)), None
 
-    (_, dw_aug), _ = lax.scan(step, (dh_last, jnp.zeros_like(w_aug)), (aug, aug_t, h_prev), reverse=True,
+    (_, dw_aug), _ = lax.scan(step, (dh_last, jnp.zeros_like(w_aug)), (tokens, h_prev), reverse=True,
                               unroll=unroll)
     dw = dw_aug[:hidden, :3 * hidden] * k
     dwin = jnp.concatenate([dw_aug[hidden:, :2 * hidden], dw_aug[hidden:, 3 * hidden:]], axis=1) * k
@@ -222,15 +216,15 @@ gru_last_hidden.defvjp(_gru_fwd, _gru_bwd)
 
 
 def _rnn_forward(tokens, w_in, w_hh, unroll, keep):
-    hidden = w_hh.shape[0]
-    x = _gather_rows(w_in, tokens)
+    hidden, vocab = w_hh.shape[0], w_in.shape[0]
+    w_aug = jnp.concatenate([w_hh, w_in], axis=0)
 
-    def step(h, xt):
+    def step(h, tok):
         # The seed's SimpleRNN: nnx.SimpleCell (tanh) followed by a ReLU on the carried state.
-        return jax.nn.relu(jnp.tanh(h @ w_hh + xt)), (h if keep else None)
+        return jax.nn.relu(jnp.tanh(_augmented(h, tok, vocab) @ w_aug)), (h if keep else None)
 
     h0 = jnp.zeros((tokens.shape[1], hidden), w_hh.dtype)
-    return lax.scan(step, h0, x, unroll=unroll)
+    return lax.scan(step, h0, tokens, unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -249,18 +243,17 @@ def _rnn_bwd(unroll, res, dh_last):
     hidden = w_hh.shape[0]
     # relu(tanh(z))' = 1 - h^2 where h > 0, else 0 (jax's relu has derivative 0 at 0 too): no recompute needed.
     h_next = jnp.concatenate([h_prev[1:], h_last[None]], axis=0)
-    slope = jnp.where(h_next > 0, 1.0 - h_next * h_next, 0.0)
-    _, aug_t = _augmented(h_prev, tokens, w_in.shape[0])
+    vocab = w_in.shape[0]
     w_t = w_hh.T
 
     def step(carry, xs):
         dh, dw_aug = carry
-        a_t, s = xs
-        dz = dh * s
-        return (dz @ w_t, dw_aug + a_t @ dz), None
+        tok, hp, hn = xs
+        dz = dh * jnp.where(hn > 0, 1.0 - hn * hn, 0.0)
+        return (dz @ w_t, dw_aug + _outer(_augmented(hp, tok, vocab), dz)), None
 
-    init = (dh_last, jnp.zeros((hidden + w_in.shape[0], hidden), w_hh.dtype))
-    (_, dw_aug), _ = lax.scan(step, init, (aug_t, slope), reverse=True, unroll=unroll)
+    init = (dh_last, jnp.zeros((hidden + vocab, hidden), w_hh.dtype))
+    (_, dw_aug), _ = lax.scan(step, init, (tokens, h_prev, h_next), reverse=True, unroll=unroll)
     return None, dw_aug[hidden:], dw_aug[:hidden]
 
 

@@ -1,4 +1,4 @@
-"""The train step's CPU gradient threads: same training as one thread, resolved sensibly, bad values refused."""
+"""The train step's CPU gradient threads and loop unrolling: same training, resolved sensibly, bad values refused."""
 
 import jax
 import numpy as np
@@ -6,8 +6,12 @@ import pytest
 
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
+from pipelines import steps
 from pipelines.steps import MIN_PART_WORK, TrainState, grad_threads
 from qrsu_data import decoding, task
+
+cpu_only = pytest.mark.skipif(jax.devices()[0].platform != "cpu",
+                              reason="gradient threads are a CPU feature; elsewhere the step is one program")
 
 
 def _batches(level_name: str, batch_size: int, n: int) -> list[dict[str, np.ndarray]]:
@@ -21,15 +25,18 @@ def _batches(level_name: str, batch_size: int, n: int) -> list[dict[str, np.ndar
     return out
 
 
-def _train(model: str, threads: int, batches) -> tuple[list[float], list[np.ndarray], dict[str, float], int]:
+def _train(model: str, threads: int, batches, unroll: int = 0) -> tuple[list[float], list[np.ndarray],
+                                                                        dict[str, float], int]:
     sharding = Sharding.create(jax.devices()[:1])
-    config = TrainConfig(model=model, difficulty="moderate", batch_size=16, lr=3e-3, grad_threads=threads)
+    config = TrainConfig(model=model, difficulty="moderate", batch_size=16, lr=3e-3, grad_threads=threads,
+                         unroll=unroll)
     ts = TrainState.create(config, sharding)
     losses = [float(ts.train_step(sharding.put_batch(b))) for b in batches]
     params = [np.asarray(p) for p in jax.tree.leaves(ts.pure_state()[0])]
     return losses, params, ts.compute("train"), ts.threads
 
 
+@cpu_only
 @pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
 def test_threaded_gradient_trains_like_one_thread(model):
     batches = _batches("moderate", 16, 5)
@@ -44,6 +51,7 @@ def test_threaded_gradient_trains_like_one_thread(model):
     assert one[0][0] != one[0][-1]  # it did train
 
 
+@cpu_only
 def test_automatic_threads_divide_the_batch_and_stay_off_meshes():
     one_device = Sharding.create(jax.devices()[:1])
     for batch_size in (32, 256, 7, 6):
@@ -62,3 +70,33 @@ def test_automatic_threads_divide_the_batch_and_stay_off_meshes():
 def test_bad_grad_threads_are_refused(threads, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(batch_size=32, grad_threads=threads).validate()
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
+def test_unrolled_loop_trains_like_one_step_per_iteration(model):
+    batches = _batches("moderate", 16, 3)
+    one = _train(model, 1, batches, unroll=1)
+    # 5 does not divide moderate's 81 steps: the remainder path of the unrolled scan is exercised too.
+    unrolled = _train(model, 1, batches, unroll=5)
+    np.testing.assert_allclose(unrolled[0], one[0], rtol=1e-5)
+    for a, b in zip(unrolled[1], one[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_unroll_resolves_per_device(monkeypatch):
+    assert steps.unroll(TrainConfig(unroll=3)) == 3
+    assert steps.create_model(TrainConfig(model="gru", unroll=3)).unroll == 3
+
+    class Device:
+        def __init__(self, platform):
+            self.platform = platform
+
+    for platform, expected in (("cpu", 1), ("gpu", steps.ACCELERATOR_UNROLL), ("tpu", steps.ACCELERATOR_UNROLL)):
+        monkeypatch.setattr(steps.jax, "devices", lambda platform=platform: [Device(platform)])
+        assert steps.unroll(TrainConfig()) == expected
+    assert steps.ACCELERATOR_UNROLL > 1
+
+
+def test_bad_unroll_is_refused():
+    with pytest.raises(ValueError, match="unroll must be >= 0"):
+        TrainConfig(unroll=-1).validate()

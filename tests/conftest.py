@@ -1,0 +1,8 @@
+"""Session-wide test settings."""
+
+import jax
+
+# The tests compare computations that are equal in exact arithmetic (fast path vs reference, threads vs one
+# thread) to float32 tolerances. On a GPU, XLA's default float32 matmul may use TF32 (10-bit mantissa), which
+# is ~1e-3 off; ask for full float32 everywhere (a no-op on CPU, where CI runs).
+jax.config.update("jax_default_matmul_precision", "highest")
