@@ -13,17 +13,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pipelines.config import TrainConfig
+from pipelines.config import ACCELERATOR_UNROLL, TrainConfig
 from pipelines.sharding import Sharding, local_value
 from qrsu_data import task
 from qrsu_models import SequenceClassifier
-
-
-ACCELERATOR_UNROLL = 8
-"""Automatic ``unroll`` on a GPU or TPU (on CPU it is 1): time steps per iteration of the recurrence's loop.
-
-Measured on an H100 (benchmarks/train_throughput.py --unrolls 1 16): 8 ran hard and nightmare 1.6-1.9x faster
-than 1; 16 changed that by -4% to +7% and compiled up to 2.2x longer."""
 
 
 def unroll(config: TrainConfig) -> int:
@@ -94,8 +87,7 @@ class TrainState:
     _grad: Callable | None = None
     _apply: Callable | None = None
     _pool: ThreadPoolExecutor | None = None
-    _indices: list | None = None
-    threads: int = 1  # how many threads share each train step's gradient
+    _indices: list | None = None  # one device scalar per gradient thread
 
     @classmethod
     def create(cls, config: TrainConfig, sharding: Sharding) -> TrainState:
@@ -124,8 +116,12 @@ class TrainState:
             ts._apply = jax.jit(functools.partial(_apply_grads, graph), donate_argnums=0)
             ts._indices = [jnp.int32(i) for i in range(threads)]  # device scalars: no conversion per call
             ts._pool = ThreadPoolExecutor(threads, thread_name_prefix="qrsu-grad")
-            ts.threads = threads
         return ts
+
+    @property
+    def threads(self) -> int:
+        """How many threads share each train step's gradient."""
+        return len(self._indices) if self._indices else 1
 
     @property
     def state(self) -> nnx.State:

@@ -70,11 +70,15 @@ def _sigmoid_scale(blocks: tuple[float, ...], hidden: int, dtype: jnp.dtype) -> 
 _LSTM_K = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
 
 
+def _lstm_w_aug(w_in: jax.Array, w_hh: jax.Array) -> jax.Array:
+    """[H+V, 4H] with [h | onehot] @ it = the step's gate pre-activations, sigmoid gates pre-scaled by 0.5."""
+    return jnp.concatenate([w_hh, w_in], axis=0) * _sigmoid_scale(_LSTM_K, w_hh.shape[0], w_hh.dtype)
+
+
 def _lstm_forward(tokens, w_in, w_hh, unroll, keep):
     hidden = w_hh.shape[0]
-    k = _sigmoid_scale(_LSTM_K, hidden, w_hh.dtype)
     vocab = w_in.shape[0]
-    w_aug = jnp.concatenate([w_hh, w_in], axis=0) * k  # [H+V, 4H]
+    w_aug = _lstm_w_aug(w_in, w_hh)
 
     def step(carry, tok):
         c, h = carry
@@ -107,9 +111,8 @@ def _lstm_bwd(unroll, res, dh_last):
     hidden = w_hh.shape[0]
     vocab, gates = w_in.shape
     k = _sigmoid_scale(_LSTM_K, hidden, w_hh.dtype)
-    w = w_hh * k
-    w_aug = jnp.concatenate([w, w_in * k], axis=0)  # [H+V, 4H]: z = [h | onehot] @ w_aug
-    w_t = w.T
+    w_aug = _lstm_w_aug(w_in, w_hh)  # z = [h | onehot] @ w_aug
+    w_t = w_aug[:hidden].T
     batch = tokens.shape[1]
 
     def step(carry, xs):
