@@ -187,7 +187,7 @@ def _gru_bwd(unroll, res, dh_last):
     vocab = w_in.shape[0]
     k = _sigmoid_scale(_GRU_K, hidden, w_hh.dtype)
     w_aug = _gru_w_aug(w_in, w_hh)
-    w_t = jnp.concatenate([(w_hh * k).T, jnp.zeros((hidden, hidden), w_hh.dtype)], axis=0)  # [4H, H]: no x_n
+    w_t = w_aug[:hidden].T  # [4H, H]: the h rows, whose x_n block is zero
     batch = tokens.shape[1]
 
     def step(carry, xs):
