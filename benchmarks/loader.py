@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import grain  # noqa: E402
 
-from qrsu_data import decoding, loaders, store, task  # noqa: E402
+from qrsu_data import loaders, padding, store, task  # noqa: E402
 
 
 def to_categorical(y, num_classes: int, dtype: str = "float32") -> np.ndarray:
@@ -154,7 +154,7 @@ def tfds_grain_batches(config: str, data_dir: str, batch_size: int) -> Iterator:
     t = loaders.max_length(config)
 
     def pad(examples):
-        return {"tokens": decoding.pad_sequences([e["tokens"] for e in examples], t),
+        return {"tokens": padding.pad_sequences([e["tokens"] for e in examples], t),
                 "label": np.array([e["label"] for e in examples], np.int32)}
 
     ds = grain.MapDataset.source(src).shuffle(seed=0).repeat().batch(batch_size, drop_remainder=True, batch_fn=pad)
@@ -165,7 +165,7 @@ def grain_shuffle_batches(config: str, data_dir: str, batch_size: int) -> Iterat
     """Grain's MapDataset.shuffle().batch() over the decoded arrays: the cost of per-example index shuffling."""
     arrays = loaders.open_split(config, "train", data_dir)
     ds = (grain.MapDataset.range(len(arrays)).shuffle(seed=0).repeat().batch(batch_size, drop_remainder=True)
-          .map(lambda idx: decoding.gather_tokens(arrays, idx, "pre")))
+          .map(lambda idx: arrays.gather_tokens(idx, "pre")))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from pipelines.runs import RunError, load_config, load_run
-from qrsu_data import decoding, task
+from qrsu_data import padding as padding_lib, task
 from qrsu_models import SequenceClassifier
 
 EXIT_BAD_SEQUENCE = 2
@@ -55,7 +55,7 @@ def class_probabilities(model: SequenceClassifier, sequences: list[np.ndarray], 
     lengths = np.array([len(s) for s in sequences], np.int32)
     # Padded to the longest given sequence, not the level's maximum: the model is exact for any length, and
     # its output for a row does not depend on how much padding the batch adds.
-    tokens = decoding.pad_sequences(sequences, int(lengths.max()), padding)
+    tokens = padding_lib.pad_sequences(sequences, int(lengths.max()), padding)
     return np.asarray(jax.nn.softmax(model(tokens, lengths, padding=padding), axis=-1))
 
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qrsu_data import decoding, store
+from qrsu_data import catalog, padding as padding_lib, store
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-PAD_ID = decoding.PAD_ID
+PAD_ID = padding_lib.PAD_ID
 
 __all__ = ["TorchDataset", "torch_collate", "tf_dataset", "numpy_split", "PAD_ID"]
 
@@ -27,9 +27,9 @@ __all__ = ["TorchDataset", "torch_collate", "tf_dataset", "numpy_split", "PAD_ID
 def numpy_split(config: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
                 padding: str = "pre", pad_id: int = PAD_ID, build_if_missing: bool = False) -> dict[str, np.ndarray]:
     """A whole split as fresh arrays: tokens int32 [N, T], lengths, label and positions (0-based, from B)."""
-    arrays = decoding.open_split(config, split, data_dir, build_if_missing=build_if_missing)
+    arrays = catalog.open_split(config, split, data_dir, build_if_missing=build_if_missing)
     return {
-        "tokens": decoding.gather_tokens(arrays, slice(None), padding, pad_id),
+        "tokens": arrays.gather_tokens(slice(None), padding, pad_id),
         "lengths": arrays.lengths.copy(),
         "label": arrays.labels.copy(),
         "positions": arrays.positions.copy(),
@@ -51,7 +51,7 @@ class _TorchCollate:
     """Pads a list of TFDS examples into a dict of int64 torch tensors (a class, so DataLoader workers pickle it)."""
 
     def __init__(self, padding: str, max_length: int | None, pad_id: int):
-        self.padding, self.max_length, self.pad_id = decoding.check_padding(padding), max_length, pad_id
+        self.padding, self.max_length, self.pad_id = padding_lib.check_padding(padding), max_length, pad_id
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         import torch
@@ -59,7 +59,7 @@ class _TorchCollate:
         seqs = [np.asarray(ex["tokens"]) for ex in examples]
         t = self.max_length if self.max_length is not None else max(len(s) for s in seqs)
         return {
-            "tokens": torch.from_numpy(decoding.pad_sequences(seqs, t, self.padding, self.pad_id).astype(np.int64)),
+            "tokens": torch.from_numpy(padding_lib.pad_sequences(seqs, t, self.padding, self.pad_id).astype(np.int64)),
             "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int64),
             "label": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.int64),
         }
@@ -79,11 +79,11 @@ def _make_torch_dataset_class() -> type:
 
         def __init__(self, config: str, split: str = "train", data_dir: str | os.PathLike | None = None, *,
                      build_if_missing: bool = False):
-            decoding.ensure_built(config, data_dir, build_if_missing)
+            catalog.ensure_built(config, data_dir, build_if_missing)
             self.config, self.split = config, split
             self.path = os.fspath(store.dataset_dir(config, data_dir))
-            self._len = decoding.split_size(config, split, data_dir)
-            self.max_length = decoding.max_length(config)  # for torch_collate(max_length=...): static shapes
+            self._len = catalog.split_size(config, split, data_dir)
+            self.max_length = catalog.max_length(config)  # for torch_collate(max_length=...): static shapes
             self._source, self._pid = None, None
 
         def _data_source(self):

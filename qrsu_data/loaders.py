@@ -5,7 +5,7 @@ step compiles once per config; cells beyond a sequence hold ``pad_id``, by defau
 ``jax.nn.one_hot(tokens, 8)`` turns into the seed's all-zero vectors), ``lengths`` int32 [B], ``label``
 int32 [B] and ``mask`` bool [B] (False only on the rows that fill the last evaluation batch).
 
-The split is decoded once per process into arrays (``qrsu_data.decoding``) and Grain maps batches of
+The split is decoded once per process into arrays (``qrsu_data.catalog``) and Grain maps batches of
 indices onto them: a ``grain.MapDataset`` of index batches, ``repeat``, ``map``, ``to_iter_dataset`` with
 reading threads, optionally ``mp_prefetch`` worker processes, and Grain's checkpointable iterator.
 
@@ -24,15 +24,15 @@ from collections.abc import Iterable
 import grain
 import numpy as np
 
-from qrsu_data import decoding, store
+from qrsu_data import catalog, codec, padding as padding_lib, store
 # Re-exported, so that a training pipeline finds the whole loading API here.
-from qrsu_data.decoding import ensure_built, level_of, max_length, num_classes, open_split, split_size  # noqa: F401
+from qrsu_data.catalog import ensure_built, level_of, max_length, num_classes, open_split, split_size  # noqa: F401
 
 __all__ = ["PAD_ID", "PADDINGS", "train_loader", "train_dataset", "eval_loader", "num_eval_batches", "split_size",
            "max_length", "num_classes", "level_of", "open_split", "ensure_built"]
 
-PAD_ID = decoding.PAD_ID
-PADDINGS = decoding.PADDINGS
+PAD_ID = padding_lib.PAD_ID
+PADDINGS = padding_lib.PADDINGS
 DEFAULT_NUM_THREADS = 0
 """Reading threads; 0 assembles each batch on demand (tens of microseconds), the fastest on 2 cores."""
 DEFAULT_PREFETCH = 4
@@ -133,21 +133,21 @@ class _Gather:
     """Maps (indices, mask) to a batch dict; holds only names, so it pickles small into worker processes."""
 
     def __init__(self, config: str, split: str, data_dir: str, padding: str, pad_id: int,
-                 arrays: decoding.SplitArrays):
+                 arrays: codec.SplitArrays):
         self._key = (config, split, data_dir)
         self._padding, self._pad_id = padding, pad_id
-        self._arrays: decoding.SplitArrays | None = arrays
+        self._arrays: codec.SplitArrays | None = arrays
 
     def __getstate__(self):
         return {**self.__dict__, "_arrays": None}  # a worker process decodes (and caches) the split itself
 
     def __call__(self, element: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = decoding.load_split(*self._key)
+            self._arrays = catalog.load_split(*self._key)
         idx, mask = element
         a = self._arrays
         return {
-            "tokens": decoding.gather_tokens(a, idx, self._padding, self._pad_id),
+            "tokens": a.gather_tokens(idx, self._padding, self._pad_id),
             "lengths": a.lengths[idx],
             "label": a.labels[idx],
             "mask": mask,
@@ -172,8 +172,8 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, prefetch: int, worker_count
 
 
 def _common(config: str, split: str, data_dir, batch_size: int, padding: str, pad_id: int,
-            build_if_missing: bool) -> tuple[decoding.SplitArrays, str]:
-    decoding.check_padding(padding)
+            build_if_missing: bool) -> tuple[codec.SplitArrays, str]:
+    padding_lib.check_padding(padding)
     _check_int("batch_size", batch_size, 1)
     _check_int("pad_id", pad_id, -(2 ** 31), 2 ** 31)
     data_dir = os.fspath(store.resolve_data_dir(data_dir))

@@ -7,6 +7,8 @@ import dataclasses
 import fcntl
 import os
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,17 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """``data_dir`` expanded and absolute, or the default data dir when None."""
-    return default_data_dir() if data_dir is None else Path(data_dir).expanduser().absolute()
+    """``data_dir`` expanded and absolute, or the default data dir when None; ValueError if empty or a file."""
+    if data_dir is None:
+        return default_data_dir()
+    if not os.fspath(data_dir).strip():
+        # Path("") is the current folder: a dataset silently built wherever the command happened to run.
+        raise ValueError(f"the data dir is empty ({os.fspath(data_dir)!r}); give a folder, or leave it out to "
+                         f"use ${DATA_DIR_ENV} or ~/qrsu_data")
+    path = Path(data_dir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the data dir {str(path)!r} is a file, not a folder; give a folder")
+    return path
 
 
 def check_config(config: str) -> str:
@@ -83,12 +94,83 @@ def _build_lock(config_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def remove_stale_incomplete(config_dir: Path) -> list[Path]:
-    """Deletes what killed builds left behind (TFDS's ``incomplete.*`` folders); returns what it removed."""
-    stale = [p for p in config_dir.glob("incomplete.*") if p.is_dir()]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-    return stale
+BUILD_MARKER = ".qrsu-build-in-progress"
+"""A file the builder holds a shared lock on inside TFDS's ``incomplete.*`` folder while it writes there."""
+UNMARKED_STALE_S = 600
+"""An ``incomplete.*`` folder without a marker is left alone until it has been unmodified this long."""
+
+
+@contextlib.contextmanager
+def building_in(folder: str | os.PathLike) -> Iterator[None]:
+    """Marks ``folder`` (a build's temporary folder) as being written by this process until the block ends."""
+    marker = Path(folder) / BUILD_MARKER
+    with open(marker, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)  # released by the kernel if this process dies: a killed build is stale
+        try:
+            yield
+        finally:
+            marker.unlink(missing_ok=True)  # not part of the dataset that TFDS renames into place
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a live build writes into ``folder``: its marker is locked, or it is unmarked and recent."""
+    marker = folder / BUILD_MARKER
+    try:
+        with open(marker, "r+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        # No marker: a build just starting, or one not made by this builder's code; judge by its age.
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        return time.time() - max(newest, folder.stat().st_mtime) < UNMARKED_STALE_S
+
+
+def remove_stale_incomplete(config_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Deletes what killed builds left behind (TFDS's ``incomplete.*`` folders); returns (removed, in use)."""
+    removed, busy = [], []
+    for p in sorted(config_dir.glob("incomplete.*")):
+        if not p.is_dir():
+            continue
+        if _in_use(p):
+            busy.append(p)  # another process (our build command or `tfds build`) is writing it
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed, busy
+
+
+RECORD_OVERHEAD_BYTES = 48
+"""Bytes a stored record takes beyond its tokens (protobuf framing, the other features, ArrayRecord's index)."""
+GENERATION_RATE = 30_000
+"""Sequences per second a build writes on one core here (benchmarks/build_dataset.py), for time estimates."""
+
+
+def estimated_bytes(spec: splits.SplitSpec) -> int:
+    """About how many bytes the built files of ``spec`` take on disk."""
+    from qrsu_data import task
+
+    level = task.get_level(spec.level)
+    mean_length = sum(level.length) / 2
+    return int(sum(spec.size(s) for s in splits.SPLIT_IDS) * (mean_length + RECORD_OVERHEAD_BYTES))
+
+
+def check_fits(spec: splits.SplitSpec, root: Path) -> None:
+    """Raises ValueError if the files of ``spec`` cannot fit in the free space under ``root``."""
+    need = estimated_bytes(spec)
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > 0.9 * free:
+        sequences = sum(spec.size(s) for s in splits.SPLIT_IDS)
+        hours = sequences / GENERATION_RATE / 3600
+        raise ValueError(f"config {spec.name!r} holds {sequences:,} sequences, about {need / 1e9:,.1f} GB on disk "
+                         f"(and about {hours:,.1f} h to generate), but {existing} has {free / 1e9:,.1f} GB free; "
+                         f"choose smaller --train-size / --test-size or another --data-dir")
 
 
 def build(config: str, data_dir: str | os.PathLike | None = None, file_format: str = "array_record",
@@ -100,16 +182,27 @@ def build(config: str, data_dir: str | os.PathLike | None = None, file_format: s
     if file_format not in FILE_FORMATS:
         raise ValueError(f"unknown file_format {file_format!r}; choose one of: {', '.join(FILE_FORMATS)}")
     root = resolve_data_dir(data_dir)
+    if is_built(spec.name, root):
+        return dataset_dir(spec.name, root)
+    check_fits(spec, root)
     check_writable(root)
     # The builder resolves a config name (a level, or e.g. "hard-train1000") to its config.
     builder = Builder(config=spec.name, data_dir=os.fspath(root), file_format=file_format)
-    config_dir = Path(builder.data_dir).parent
-    with _build_lock(config_dir):
+    version_dir = Path(builder.data_dir)
+    with _build_lock(version_dir.parent):
         # TFDS builds into incomplete.* and renames at the end, so a crash never leaves a readable
         # half dataset; a killed process (no cleanup ran) leaves that folder behind, removed here.
-        remove_stale_incomplete(config_dir)
+        _, busy = remove_stale_incomplete(version_dir.parent)
+        for p in busy:
+            print(f"note: {p} is being written by another build; left alone", file=sys.stderr)
+        if version_dir.exists() and not is_built(spec.name, root):
+            # TFDS writes dataset_info.json last, so a version folder without it is damaged (e.g. the file was
+            # deleted). TFDS would "reuse" it and build nothing; the records are regenerated exactly instead.
+            print(f"note: {version_dir} lacks dataset_info.json, so it is incomplete; rebuilding it",
+                  file=sys.stderr)
+            shutil.rmtree(version_dir)
         builder.download_and_prepare(file_format=file_format)
-    return Path(builder.data_dir)
+    return version_dir
 
 
 def open_builder(config: str, data_dir: str | os.PathLike | None = None):

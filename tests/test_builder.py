@@ -211,3 +211,68 @@ def test_config_names_round_trip_and_name_their_build_command(tmp_path):
     assert store.is_built("easy-train300-test50", tmp_path)
     # store.build takes the same names.
     assert store.build("easy-train300-test50", tmp_path) == store.dataset_dir("easy-train300-test50", tmp_path)
+
+
+def test_a_version_folder_without_dataset_info_is_rebuilt_not_reused(tmp_path):
+    path = _build("easy", tmp_path)
+    digest = _digest(path)
+    (path / "dataset_info.json").unlink()
+    assert not store.is_built("easy-train300-test100", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m pipelines.build_dataset --config easy"):
+        store.open_builder("easy-train300-test100", tmp_path)
+    res = _run([sys.executable, "-m", "pipelines.build_dataset", "--config", "easy", "--data-dir",
+                os.fspath(tmp_path), "--train-size", "300", "--test-size", "100"])
+    assert res.returncode == 0, res.stderr
+    assert "lacks dataset_info.json, so it is incomplete; rebuilding it" in res.stderr
+    assert store.is_built("easy-train300-test100", tmp_path) and _digest(path) == digest
+
+
+def test_only_stale_incomplete_folders_are_removed(tmp_path):
+    config_dir = tmp_path / "temporal_order" / "easy-train300-test100"
+    live, killed, unmarked_new, unmarked_old = (config_dir / f"incomplete.{n}.1.0.0" for n in "abcd")
+    for p in (live, killed, unmarked_new, unmarked_old):
+        p.mkdir(parents=True)
+        (p / "temporal_order-train.array_record-00000-of-00001").write_bytes(b"x")
+    # A live build (ours or `tfds build`, both run this builder) holds its marker's lock; a killed one does not.
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_SH); print('locked', flush=True); time.sleep(60)",
+                               os.fspath(live / store.BUILD_MARKER)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (killed / store.BUILD_MARKER).write_text("")
+        old = time.time() - 2 * store.UNMARKED_STALE_S
+        for f in (*unmarked_old.rglob("*"), unmarked_old):
+            os.utime(f, (old, old))
+        path = _build("easy", tmp_path)
+        assert live.is_dir() and unmarked_new.is_dir()  # another process may be writing these
+        assert not killed.exists() and not unmarked_old.exists()
+        assert store.is_built("easy-train300-test100", tmp_path) and not (path / store.BUILD_MARKER).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("data_dir, message", [
+    ("", "the data dir is empty"),
+    (" ", "the data dir is empty"),
+    ("FILE", "is a file, not a folder"),
+])
+def test_empty_or_file_data_dir_is_refused(tmp_path, monkeypatch, data_dir, message):
+    monkeypatch.chdir(tmp_path)
+    if data_dir == "FILE":
+        data_dir = tmp_path / "f"
+        data_dir.write_text("x")
+    with pytest.raises(ValueError, match=message):
+        _build("easy", data_dir)
+    assert not (tmp_path / "temporal_order").exists()  # nothing built into the current folder
+
+
+def test_a_config_that_cannot_fit_on_disk_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"100,000,000,009,999 sequences, about 15,300,000.0 GB on disk.*h to generate.*GB free"):
+        store.build("hard", tmp_path / "data", train_size=99_999_999_999_999)
+    assert not (tmp_path / "data").exists()
+
+
+def test_negative_seed_is_refused():
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        splits.SplitSpec("hard", seed=-1)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from qrsu_data import decoding, loaders, records, splits, store, task
+from qrsu_data import catalog, codec, loaders, splits, store, task
 from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 
 SIZES = {"train_size": 1000, "test_size": 250}
@@ -43,7 +43,7 @@ def _same_batches(a, b):
 def _row_ids(data_dir, config, split, padding="pre"):
     """Maps a padded token row to its record index (every hard sequence is distinct)."""
     arrays = loaders.open_split(config, split, data_dir)
-    rows = decoding.gather_tokens(arrays, np.arange(len(arrays)), padding)
+    rows = arrays.gather_tokens(np.arange(len(arrays)), padding)
     ids = {r.tobytes(): i for i, r in enumerate(rows)}
     assert len(ids) == len(arrays)
     return ids
@@ -57,7 +57,7 @@ def _copy_dataset(data_dir, tmp_path, config=HARD):
 
 
 def _train_file(data_dir, config=HARD):
-    (path, n), = decoding.split_files(config, "train", data_dir)
+    (path, n), = catalog.split_files(config, "train", data_dir)
     return path, n
 
 
@@ -231,10 +231,10 @@ def test_orbax_saves_and_restores_the_iterator(data_dir, tmp_path):
 
 def _entries(tokens, length, label, positions):
     return {
-        b"tokens": records._map_entry(b"tokens", records._bytes_feature(np.asarray(tokens, np.uint8).tobytes())),
-        b"length": records._map_entry(b"length", records._int64_feature([length])),
-        b"label": records._map_entry(b"label", records._int64_feature([label])),
-        b"positions": records._map_entry(b"positions", records._int64_feature(list(positions))),
+        b"tokens": codec._map_entry(b"tokens", codec._bytes_feature(np.asarray(tokens, np.uint8).tobytes())),
+        b"length": codec._map_entry(b"length", codec._int64_feature([length])),
+        b"label": codec._map_entry(b"label", codec._int64_feature([label])),
+        b"positions": codec._map_entry(b"positions", codec._int64_feature(list(positions))),
     }
 
 
@@ -244,33 +244,53 @@ def test_decoder_reads_features_in_any_order():
     recs = []
     for seq, label, pos in zip(batch.sequences(), batch.labels, batch.positions):
         entries = list(_entries(seq, len(seq), int(label), pos).values())
-        recs.append(records._field(1, b"".join(entries[i] for i in rng.permutation(4))))
-    arrays = decoding.decode_records(recs, "hard")
+        recs.append(codec._field(1, b"".join(entries[i] for i in rng.permutation(4))))
+    arrays = codec.decode_records(recs, "hard")
     assert np.array_equal(arrays.lengths, batch.lengths) and np.array_equal(arrays.labels, batch.labels)
     assert np.array_equal(arrays.positions, batch.positions) and np.array_equal(arrays.tokens, batch.tokens)
 
 
 def test_decoder_hands_unknown_layouts_to_the_fallback_and_rejects_garbage():
     seq = task.encode("BaXbcYdE").astype(np.uint8)
-    canonical = records.serialize(seq, 8, 1, np.array([2, 5]))
+    canonical = codec.serialize(seq, 8, 1, np.array([2, 5]))
     # The same example with `length` as an unpacked int64 (wire type 0): valid protobuf, not the fast layout.
     e = _entries(seq, 8, 1, [2, 5])
-    e[b"length"] = records._map_entry(b"length", records._field(3, bytes([0x08, 8])))
-    unpacked = records._field(1, e[b"tokens"] + e[b"length"] + e[b"label"] + e[b"positions"])
+    e[b"length"] = codec._map_entry(b"length", codec._field(3, bytes([0x08, 8])))
+    unpacked = codec._field(1, e[b"tokens"] + e[b"length"] + e[b"label"] + e[b"positions"])
     calls = []
 
     def fallback(record):
         calls.append(record)
         return {"tokens": seq, "length": 8, "label": 1, "positions": [2, 5]}
 
-    arrays = decoding.decode_records([canonical, unpacked], "easy", fallback=fallback)
+    arrays = codec.decode_records([canonical, unpacked], "easy", fallback=fallback)
     assert calls == [unpacked]
     assert np.array_equal(arrays.tokens[0], arrays.tokens[1]) and list(arrays.lengths) == [8, 8]
-    with pytest.raises(decoding.CorruptSplitError, match=r"record 1 of some\.file cannot be decoded"):
-        decoding.decode_records([canonical, b"\x0a\x05garbage"], "easy", source="some.file")
-    with pytest.raises(decoding.CorruptSplitError, match="not a valid 'easy' example"):
-        bad = records.serialize(np.array([6, 2, 9, 2, 2, 1, 2, 7], np.uint8), 8, 1, np.array([2, 5]))
-        decoding.decode_records([bad], "easy")
+    with pytest.raises(codec.CorruptSplitError, match=r"record 1 of some\.file cannot be decoded"):
+        codec.decode_records([canonical, b"\x0a\x05garbage"], "easy", source="some.file")
+    with pytest.raises(codec.CorruptSplitError, match="not a valid 'easy' example"):
+        bad = codec.serialize(np.array([6, 2, 9, 2, 2, 1, 2, 7], np.uint8), 8, 1, np.array([2, 5]))
+        codec.decode_records([bad], "easy")
+
+
+@pytest.mark.parametrize("text, positions, label, rule", [
+    ("aaXbcYdE", [2, 5], 1, "it does not start with B"),
+    ("BaXbcYdd", [2, 5], 1, "it does not end with E"),
+    ("BaXBcYdE", [2, 5], 1, "B or E appears inside it"),
+    ("BaXbXYdE", [2, 5], 1, "it does not hold exactly 2 relevant symbols"),
+    ("BaaXbYdE", [3, 5], 1, "a relevant position lies outside the level's ranges"),
+    ("BaXbcYdE", [1, 5], 1, "a recorded position does not hold X or Y"),
+    ("BaXbcYdE", [2, 5], 0, "its label is not the order of its relevant symbols"),
+    ("BaXbcYdE", [2, 5], 7, "its label is not a class id 0..3"),
+    ("BaXcYE", [2, 4], 1, r"its length is outside \(7, 8\)"),
+])
+def test_decoder_rejects_every_broken_task_rule_and_names_it(text, positions, label, rule):
+    good = codec.serialize(task.encode("BaXbcYdE").astype(np.uint8), 8, 1, np.array([2, 5]))
+    codec.decode_records([good], "easy")  # the valid example passes every rule
+    seq = task.encode(text).astype(np.uint8)
+    bad = codec.serialize(seq, len(seq), label, np.array(positions))
+    with pytest.raises(codec.CorruptSplitError, match=rf"record 1 of f\.rec is not a valid 'easy' example: .*{rule}"):
+        codec.decode_records([good, bad], "easy", source="f.rec")
 
 
 def test_files_of_tfds_generic_writer_decode_as_tfds_does(tmp_path):
@@ -278,9 +298,9 @@ def test_files_of_tfds_generic_writer_decode_as_tfds_does(tmp_path):
     Builder(config=cfg, data_dir=os.fspath(tmp_path), generic_writer=True).download_and_prepare(
         file_format="array_record")
     for split in ("train", "test"):
-        ((path, n),) = decoding.split_files(cfg.name, split, tmp_path)
+        ((path, n),) = catalog.split_files(cfg.name, split, tmp_path)
         recs = array_record_module.ArrayRecordReader(os.fspath(path)).read(0, n)
-        decoding.decode_records(recs, "hard", fallback=None)  # the fast path reads them all (no fallback)
+        codec.decode_records(recs, "hard", fallback=None)  # the fast path reads them all (no fallback)
         arrays = loaders.open_split(cfg.name, split, tmp_path)
         for i, ex in enumerate(_examples(tmp_path, cfg.name, split)):
             n = ex["length"]
@@ -338,12 +358,12 @@ def test_truncated_file_is_named_never_a_short_epoch(data_dir, tmp_path):
     for size in (len(data) // 2, len(data) - 10, 100, 0):
         path.write_bytes(data[:size])
         # A damaged file may fail to open, fail to read, or open with fewer records: each is an error.
-        with pytest.raises(decoding.CorruptSplitError,
+        with pytest.raises(codec.CorruptSplitError,
                            match=r"cannot open|cannot read|holds \d+ records but dataset_info.json says 1000") as e:
             loaders.train_loader(HARD, batch_size=8, seed=0, data_dir=copy, **ONE_SHARD)
         assert str(path) in str(e.value)
     path.unlink()
-    with pytest.raises(decoding.CorruptSplitError, match="is missing"):
+    with pytest.raises(codec.CorruptSplitError, match="is missing"):
         loaders.eval_loader(HARD, "train", batch_size=8, data_dir=copy)
 
 
@@ -353,7 +373,7 @@ def test_corrupted_bytes_are_named(data_dir, tmp_path):
     data = bytearray(path.read_bytes())
     data[5000:5100] = bytes(b ^ 0xFF for b in data[5000:5100])
     path.write_bytes(bytes(data))
-    with pytest.raises(decoding.CorruptSplitError, match="corrupt") as e:
+    with pytest.raises(codec.CorruptSplitError, match="corrupt") as e:
         loaders.train_loader(HARD, batch_size=8, seed=0, data_dir=copy, **ONE_SHARD)
     assert str(path) in str(e.value)
 
@@ -364,14 +384,14 @@ def test_readable_file_with_invalid_records_is_named(data_dir, tmp_path, bad):
     path, n = _train_file(copy)
     good = array_record_module.ArrayRecordReader(os.fspath(path)).read(0, n)
     if bad == "token 9":
-        bad = records.serialize(np.array([6, *[2] * 11, 0, *[3] * 40, 1, 9, *[4] * 44, 7], np.uint8), 100, 1,
+        bad = codec.serialize(np.array([6, *[2] * 11, 0, *[3] * 40, 1, 9, *[4] * 44, 7], np.uint8), 100, 1,
                                 np.array([12, 53]))
     path.unlink()
     writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
     for i, rec in enumerate(good):
         writer.write(bad if i == 123 else rec)
     writer.close()
-    with pytest.raises(decoding.CorruptSplitError, match=r"record 123 of .*temporal_order-train") as e:
+    with pytest.raises(codec.CorruptSplitError, match=r"record 123 of .*temporal_order-train") as e:
         loaders.eval_loader(HARD, "train", batch_size=8, data_dir=copy)
     assert str(path) in str(e.value)
 

@@ -8,7 +8,7 @@ from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
 from pipelines import steps
 from pipelines.steps import MIN_PART_WORK, TrainState, grad_threads
-from qrsu_data import decoding, task
+from qrsu_data import padding, task
 
 cpu_only = pytest.mark.skipif(jax.devices()[0].platform != "cpu",
                               reason="gradient threads are a CPU feature; elsewhere the step is one program")
@@ -20,7 +20,7 @@ def _batches(level_name: str, batch_size: int, n: int) -> list[dict[str, np.ndar
     out = []
     for _ in range(n):
         b = task.generate(level, batch_size, rng)
-        tokens = decoding.pad_sequences(b.sequences(), level.max_length, "pre")
+        tokens = padding.pad_sequences(b.sequences(), level.max_length, "pre")
         out.append({"tokens": tokens, "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)})
     return out
 

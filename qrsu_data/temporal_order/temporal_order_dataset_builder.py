@@ -22,7 +22,7 @@ from tensorflow_datasets.core import splits as splits_lib
 
 import tqdm
 
-from qrsu_data import records, splits, task
+from qrsu_data import codec, splits, task
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -147,6 +147,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(config=_resolve_config(config), **kwargs)
 
     def _download_and_prepare(self, dl_manager, download_config):
+        """Writes the splits into TFDS's temporary folder, marked as in use so no other build removes it."""
+        from qrsu_data import store
+
+        with store.building_in(self.data_dir):  # TFDS points data_dir at its incomplete.* folder here
+            return self._write_splits(dl_manager, download_config)
+
+    def _write_splits(self, dl_manager, download_config):
         """Writes the splits: on Beam when asked for, else record files directly unless a TFDS writer feature is."""
         fmt = self.info.file_format
         beam_asked = download_config.beam_runner is not None or download_config.beam_options is not None
@@ -161,7 +168,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 or fmt not in (file_adapters.FileFormat.ARRAY_RECORD, file_adapters.FileFormat.TFRECORD)):
             return super()._download_and_prepare(dl_manager, download_config)
         # Same records as TFDS's writer with disable_shuffling (record i = example i), in one shard a
-        # split, serialized by records.serialize instead of per-feature protobuf objects.
+        # split, serialized by codec.serialize instead of per-feature protobuf objects.
         infos = []
         for split in splits.SPLIT_IDS:
             template = self._get_filename_template(split_name=split)
@@ -174,7 +181,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 with tqdm.tqdm(total=spec.size(split), desc=f"Generating {split} examples", unit=" examples",
                                leave=False, mininterval=1.0) as bar:
                     for chunk, batch in splits.iter_chunks(spec, split):
-                        for i, rec in enumerate(records.serialize_batch(batch)):
+                        for i, rec in enumerate(codec.serialize_batch(batch)):
                             num_bytes += len(rec)
                             yield chunk * splits.CHUNK_SIZE + i, rec
                         bar.update(len(batch))
