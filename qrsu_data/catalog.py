@@ -71,8 +71,9 @@ def split_files(config: str, split: str, data_dir: str | os.PathLike | None = No
     return [(Path(os.fspath(p)), int(n)) for p, n in zip(info.filepaths, info.shard_lengths, strict=True)]
 
 
-def read_records(path: Path, expected: int) -> list[bytes]:
-    """All records of one ArrayRecord file; CorruptSplitError if it is unreadable or not ``expected`` long."""
+def read_records(path: Path, expected: int, count_only: bool = False) -> list[bytes]:
+    """All records of one ArrayRecord file (none if ``count_only``); CorruptSplitError if it is unreadable or
+    not ``expected`` long."""
     from array_record.python import array_record_module
 
     if not path.is_file():
@@ -85,7 +86,7 @@ def read_records(path: Path, expected: int) -> list[bytes]:
                                 f"Delete the config's folder and build it again.") from e
     try:
         n = reader.num_records()
-        records = reader.read(0, n) if n == expected and n else []
+        records = reader.read(0, n) if n == expected and n and not count_only else []
     except RuntimeError as e:
         raise CorruptSplitError(f"cannot read {path}: it is corrupt ({e}). "
                                 f"Delete the config's folder and build it again.") from e
@@ -98,6 +99,14 @@ def read_records(path: Path, expected: int) -> list[bytes]:
         raise CorruptSplitError(f"{path} holds {n} records but dataset_info.json says {expected}: the file "
                                 f"is truncated or corrupt. Delete the config's folder and build it again.")
     return records
+
+
+def check_files(config: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The files of a built split after checking that each opens and holds its records; CorruptSplitError."""
+    files = split_files(config, split, data_dir)
+    for path, n in files:
+        read_records(path, n, count_only=True)
+    return [path for path, _ in files]
 
 
 def load_split(config: str, split: str, data_dir: str | os.PathLike | None = None) -> SplitArrays:

@@ -82,6 +82,8 @@ def _make_torch_dataset_class() -> type:
             catalog.ensure_built(config, data_dir, build_if_missing)
             self.config, self.split = config, split
             self.path = os.fspath(store.dataset_dir(config, data_dir))
+            # A missing or truncated file is named now, not as an opaque error inside a DataLoader worker.
+            self.files = catalog.check_files(config, split, data_dir)
             self._len = catalog.split_size(config, split, data_dir)
             self.max_length = catalog.max_length(config)  # for torch_collate(max_length=...): static shapes
             self._source, self._pid = None, None
@@ -101,11 +103,18 @@ def _make_torch_dataset_class() -> type:
         def __getitem__(self, index: int) -> dict:
             if not -self._len <= index < self._len:
                 raise IndexError(f"index {index} out of range for split {self.split!r} of {self._len} examples")
-            return self._data_source()[index % self._len]
+            return self.__getitems__([index % self._len])[0]
 
         def __getitems__(self, indices: list[int]) -> list[dict]:
             # DataLoader calls this with a whole batch of indices: one batched read instead of one per example.
-            return list(self._data_source().__getitems__(list(indices)))
+            try:
+                return list(self._data_source().__getitems__(list(indices)))
+            except Exception as e:  # noqa: BLE001 - TFDS and ArrayRecord raise several types for a damaged file
+                names = ", ".join(os.fspath(f) for f in self.files)
+                raise catalog.CorruptSplitError(
+                    f"cannot read examples {list(indices)[:4]}... of split {self.split!r} of {self.config!r} from "
+                    f"{names}: the file is corrupt ({type(e).__name__}: {e}). Delete the config's folder and "
+                    f"build it again.") from e
 
         def __getstate__(self):
             return {**self.__dict__, "_source": None, "_pid": None}

@@ -126,3 +126,27 @@ def test_tfds_reads_arrayrecord_only_as_a_data_source_and_tfrecord_recipe_works(
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert np.array_equal(g["tokens"], w["tokens"]) and g["label"] == w["label"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scramble"])
+def test_torch_dataset_names_a_corrupt_file(data_dir, tmp_path, damage):
+    pytest.importorskip("torch")
+    import shutil
+
+    from qrsu_data import catalog
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store.dataset_dir(CONFIG, data_dir).parent.parent, copy / store.DATASET_NAME)
+    ((path, _),) = catalog.split_files(CONFIG, "train", copy)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+        with pytest.raises(catalog.CorruptSplitError, match=str(path)):
+            interop.TorchDataset(CONFIG, "train", copy)
+        return
+    # Same size and record count, garbage inside the records' chunk: only a read finds it.
+    data[1000:1100] = bytes(100)
+    path.write_bytes(bytes(data))
+    dataset = interop.TorchDataset(CONFIG, "train", copy)
+    with pytest.raises(catalog.CorruptSplitError, match=f"from {path}: the file is corrupt"):
+        dataset.__getitems__(list(range(20)))
