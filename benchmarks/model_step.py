@@ -4,7 +4,10 @@ One training step = value_and_grad of the mean softmax cross-entropy + an optax.
 pure function of (params, opt_state, batch), over random token ids of full length. For each cell, batch size
 and length it prints sequences/s and the first-step time (compile + run) of
 
-* ours: ``SequenceClassifier`` through ``apply_fn`` (gather input projection, fused gates, custom VJP);
+* ours: ``SequenceClassifier`` (one ``[h | onehot] @ [W_hh; W_in]`` matmul a step, fused gates, the
+        hand-written backward pass of ``qrsu_models/recurrence.py``);
+* autodiff: the same forward, differentiated by JAX's autodiff of the scan (``custom_grad=False``): the
+        measurement that decides whether a hand-written backward pass is kept;
 * ref:  the seed-style model, ``nnx.RNN(cell)`` over one-hot inputs, last output -> ``nnx.Linear``
         (LSTMCell / GRUCell / SimpleCell with relu(tanh)), autodiff through the scan;
 * torch (LSTM only, if ``import torch`` works): ``nn.LSTM(8 -> 64, batch_first)`` on one-hot inputs +
@@ -35,7 +38,7 @@ import optax
 from flax import nnx
 
 from qrsu_data import task
-from qrsu_models import SequenceClassifier, apply_fn
+from qrsu_models import SequenceClassifier
 
 HIDDEN = 64
 NUM_CLASSES = 4
@@ -46,10 +49,17 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def ours_step(cell: str, seed: int = 0) -> tuple[Callable, tuple]:
-    """Jitted (params, opt_state, tokens, lengths, labels) -> (params, opt_state, loss) of the fast path."""
+def ours_step(cell: str, seed: int = 0, custom_grad: bool = True) -> tuple[Callable, tuple]:
+    """Jitted (params, opt_state, tokens, lengths, labels) -> (params, opt_state, loss) of the fast path.
+
+    ``custom_grad=False`` runs the same forward with JAX's autodiff of the scan instead of the hand-written
+    backward pass (``recurrence.last_hidden(custom_grad=False)``)."""
     graphdef, params = nnx.split(SequenceClassifier(cell, hidden=HIDDEN, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed)))
-    apply = apply_fn(graphdef)
+
+    def apply(p, tokens, lengths):
+        model = nnx.merge(graphdef, p)
+        return model.head(model.last_hidden(tokens, lengths, custom_grad=custom_grad))
+
     tx = optax.adam(1e-3)
 
     def step(params, opt_state, tokens, lengths, labels):
@@ -204,8 +214,9 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - any import failure just means "no torch column"
             print(f"torch unavailable ({type(e).__name__}: {e}); skipping the PyTorch comparison")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, hidden={HIDDEN}, adam, full-length random tokens")
-    header = (f"{'cell':5s} {'B':>4s} {'T':>4s} | {'ours seq/s':>10s} {'first s':>7s} | {'ref seq/s':>9s} "
-              f"{'first s':>7s} | {'ours/ref':>8s} | {'torch seq/s':>11s} {'ours/torch':>10s}")
+    header = (f"{'cell':5s} {'B':>4s} {'T':>4s} | {'ours seq/s':>10s} {'first s':>7s} | {'autodiff':>8s} "
+              f"{'ours/auto':>9s} | {'ref seq/s':>9s} {'first s':>7s} | {'ours/ref':>8s} | {'torch seq/s':>11s} "
+              f"{'ours/torch':>10s}")
     print(header)
     print("-" * len(header))
     for cell in args.cells.split(","):
@@ -215,7 +226,8 @@ def main() -> None:
                 data = (jnp.asarray(rng.integers(0, V, (batch, length)), jnp.int32),
                         jnp.full((batch,), length, jnp.int32),
                         jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32))
-                runners = {"ours": _JaxRunner(*ours_step(cell), data)}
+                runners = {"ours": _JaxRunner(*ours_step(cell), data),
+                           "autodiff": _JaxRunner(*ours_step(cell, custom_grad=False), data)}
                 if not args.no_reference:
                     runners["ref"] = _JaxRunner(*reference_step(cell), data)
                 first, best = measure(runners, args.repeats, args.round_seconds)
@@ -227,8 +239,9 @@ def main() -> None:
                        if "ref" in sps else f"{'-':>9s} {'-':>7s} | {'-':>8s}")
                 tor = (f"{sps['torch']:11.0f} {sps['ours'] / sps['torch']:9.2f}x" if "torch" in sps
                        else f"{'-':>11s} {'-':>10s}")
-                print(f"{cell:5s} {batch:4d} {length:4d} | {sps['ours']:10.0f} {first['ours']:7.2f} | {ref} | {tor}",
-                      flush=True)
+                auto = f"{sps['autodiff']:8.0f} {sps['ours'] / sps['autodiff']:8.2f}x"
+                print(f"{cell:5s} {batch:4d} {length:4d} | {sps['ours']:10.0f} {first['ours']:7.2f} | {auto} | {ref} | "
+                      f"{tor}", flush=True)
 
 
 if __name__ == "__main__":

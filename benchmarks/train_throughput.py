@@ -6,8 +6,8 @@
 
 For each level, batch size and cell, side by side in one process: sequences per second of a full training
 step (forward, backward, Adam update) and the first step's time (compilation included), for
-- ours: `pipelines.steps.TrainState.train_step`, the jitted step the training pipeline uses (on one CPU device
-  with its automatic gradient threads, column `thr`);
+- ours: `pipelines.steps.make_train_step`, the step the training pipeline uses (on one CPU device with its
+  automatic gradient threads, column `thr`);
 - torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam, in a child process
   (skipped if torch is absent);
 - seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
@@ -25,9 +25,9 @@ import time
 import jax
 import numpy as np
 
+from pipelines import steps
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
-from pipelines.steps import TrainState
 from qrsu_data import task
 
 
@@ -62,18 +62,20 @@ def _timed(step, batches, seconds: float, sync=jax.block_until_ready) -> tuple[f
 
 def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
          grad_threads: int = 0, unroll: int = 0) -> tuple[float, float, int]:
-    """Our jitted step, exactly as the training pipeline builds it; also returns its gradient threads."""
+    """Our train step, exactly as the training pipeline builds it; also returns its gradient threads."""
     sharding = Sharding.create()
     config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads,
                          unroll=unroll)
-    ts = TrainState.create(config, sharding)
+    split, state = steps.init_state(steps.create_model(config), steps.create_tx(config), config, sharding)
     placed = [sharding.put_batch(b) for b in batches]
+    holder = {"state": state}
+    with steps.make_train_step(config, split, steps.create_tx(config), sharding) as train_step:
 
-    def step(b, block):
-        loss = ts.train_step(b)
-        return jax.block_until_ready(loss) if block else loss
+        def step(b, block):
+            holder["state"], loss = train_step(holder["state"], b)
+            return jax.block_until_ready(loss) if block else loss
 
-    return (*_timed(step, placed, seconds), ts.threads)
+        return (*_timed(step, placed, seconds), train_step.threads)
 
 
 def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: float):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import sys
@@ -11,41 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from pipelines import reporting
-from pipelines.runs import RunError, load_run
-from qrsu_data import interop, task
-from qrsu_models import SequenceClassifier, apply_fn
+from pipelines import cli, reporting
+from pipelines.evaluator import Evaluator
+from pipelines.runs import load_run
+from pipelines.sharding import Sharding, is_primary
+from pipelines.steps import SplitModel
+from qrsu_data import catalog, loaders, store, task
 
-SPLITS = ("test", "train")
 MAX_LAG_ROWS = 20
 """At most this many rows in the by-lag table and plot; wider lag ranges (nightmare) are binned."""
-
-
-@functools.lru_cache(maxsize=16)
-def _forward(graphdef: nnx.GraphDef, padding: str):
-    # Cached per model structure: repeated predictions (the experiment's checks) reuse one compilation.
-    return jax.jit(lambda p, t, n: jnp.argmax(apply_fn(graphdef)(p, t, n, padding), axis=-1))
-
-
-def predict_labels(model: SequenceClassifier, tokens: np.ndarray, lengths: np.ndarray, padding: str,
-                   batch_size: int) -> np.ndarray:
-    """The predicted class id of every row of ``tokens`` [N, T], through one jitted forward per batch."""
-    graphdef, params = nnx.split(model)
-    forward = _forward(graphdef, padding)
-    n = len(lengths)
-    out = np.empty(n, np.int32)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        # The last batch is filled up with copies of its first row (the mask=False rows of eval_loader), so
-        # every batch has one shape and the forward compiles once; the filler's predictions are dropped.
-        idx = np.arange(start, start + batch_size)
-        idx[stop - start:] = start
-        out[start:stop] = np.asarray(forward(params, tokens[idx], lengths[idx]))[:stop - start]
-    return out
 
 
 def lag_definition(level: task.Level) -> str:
@@ -145,26 +120,49 @@ def plot_accuracy_by_lag(result: dict[str, Any], path: str | os.PathLike, title:
 
 
 def evaluate_run(workdir: str | os.PathLike, split: str = "test", step: int | None = None,
-                 data_dir: str | os.PathLike | None = None, write: bool = True) -> dict[str, Any]:
-    """Evaluates checkpoint ``step`` of the run in ``workdir`` on every example of ``split``; writes the report."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+                 data_dir: str | os.PathLike | None = None, write: bool = True,
+                 config: str | None = None) -> dict[str, Any]:
+    """Evaluates checkpoint ``step`` of the run in ``workdir`` on every example of a split; writes the report.
+
+    ``config`` evaluates on another dataset config than the run's own (e.g. longer sequences), which must have
+    the same classes."""
     workdir = Path(workdir).expanduser().absolute()
-    config, model, step = load_run(workdir, step)
-    data_dir = config.data_dir if data_dir is None else os.fspath(data_dir)
-    level = task.get_level(config.difficulty)
-    # numpy_split gives the positions too (for the lag), in the loaders' order and padding layout.
-    arrays = interop.numpy_split(config.difficulty, split, data_dir=data_dir, padding=config.padding)
-    predicted = predict_labels(model, arrays["tokens"], arrays["lengths"], config.padding, config.eval_batch_size)
-    result = {"workdir": str(workdir), "step": step, "split": split, "model": config.model,
-              "difficulty": config.difficulty, "data_dir": data_dir,
-              **summarize(arrays["label"], predicted, arrays["positions"], level)}
-    if write:
-        title = f"{config.model} on {config.difficulty}, {split} split, step {step}"
-        reporting.write_json(workdir / "evaluation.json", result)
-        plot_confusion_matrix(result, workdir / "confusion_matrix.png", title)
-        plot_accuracy_by_lag(result, workdir / "accuracy_by_lag.png", title)
+    run = load_run(workdir, step)
+    data_dir = run.config.data_dir if data_dir is None else os.fspath(data_dir)
+    dataset = run.config.difficulty if config is None else config
+    store.check_config(dataset)
+    level = catalog.level_of(dataset)
+    if level.num_classes != run.config.num_classes:
+        raise ValueError(f"config {dataset!r} has {level.num_classes} classes but the run was trained on "
+                         f"{run.config.difficulty!r} with {run.config.num_classes}; choose a config of the same level "
+                         f"family")
+    catalog.ensure_built(dataset, data_dir, build_if_missing=config is not None)
+    splits = catalog.split_names(dataset, data_dir)
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} of config {dataset!r}; choose one of: {', '.join(splits)}")
+    sharding = Sharding.create()
+    model, params = SplitModel.of(run.model, run.config.padding)
+    batch_size = _eval_batch_size(run.config.eval_batch_size, loaders.max_length(dataset), sharding)
+    predictions = Evaluator(model, sharding, batch_size).predict(params, dataset, split, data_dir=data_dir)
+    positions = catalog.open_split(dataset, split, data_dir).positions
+    result = {"workdir": str(workdir), "step": run.step, "split": split, "model": run.config.model,
+              "difficulty": run.config.difficulty, "config": dataset, "data_dir": data_dir,
+              **summarize(predictions.labels, predictions.predicted, positions, level)}
+    if write and is_primary():
+        suffix = "" if config is None or config == run.config.difficulty else f"-{dataset}"
+        title = f"{run.config.model} on {dataset}, {split} split, step {run.step}"
+        reporting.write_json(workdir / f"evaluation{suffix}.json", result)
+        plot_confusion_matrix(result, workdir / f"confusion_matrix{suffix}.png", title)
+        plot_accuracy_by_lag(result, workdir / f"accuracy_by_lag{suffix}.png", title)
     return result
+
+
+def _eval_batch_size(configured: int, length: int, sharding: Sharding) -> int:
+    """The run's eval batch size, made smaller for long sequences so a batch holds at most ~2M tokens."""
+    cap = max(sharding.num_devices * jax.process_count(), 2_000_000 // max(length, 1))
+    size = min(configured, cap)
+    step = sharding.num_devices
+    return max(step, size // step * step)
 
 
 def _pct(x: float | None) -> str:
@@ -194,24 +192,30 @@ def parser() -> argparse.ArgumentParser:
                                             "confusion_matrix.png and accuracy_by_lag.png into the workdir.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
-    p.add_argument("--split", default="test", choices=SPLITS, help="which split to evaluate, every example once")
+    p.add_argument("--split", default="test", help="which split to evaluate, every example once (test, train, ...)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--data-dir", default=None, help="dataset dir (default: the one the run was trained with)")
+    p.add_argument("--config", default=None,
+                   help="evaluate on another dataset config of the same classes, e.g. longer sequences (built first "
+                        "if missing; the report goes to evaluation-CONFIG.json). Default: the run's own")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
     args = parser().parse_args(argv)
-    try:
-        result = evaluate_run(args.workdir, args.split, args.step, args.data_dir)
-    except (RunError, FileNotFoundError, ValueError) as e:
-        # FileNotFoundError: the dataset is not built in that data dir (the message gives the build command).
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(result))
-    print(f"\nWrote evaluation.json, confusion_matrix.png and accuracy_by_lag.png to {result['workdir']}")
-    return 0
+
+    def go() -> int:
+        if args.step is not None and args.step < 0:
+            raise ValueError(f"--step must be a checkpoint step >= 0, got {args.step}")
+        result = evaluate_run(args.workdir, args.split, args.step, args.data_dir, config=args.config)
+        print(format_report(result))
+        suffix = "" if args.config is None or args.config == result["difficulty"] else f"-{args.config}"
+        print(f"\nWrote evaluation{suffix}.json, confusion_matrix{suffix}.png and accuracy_by_lag{suffix}.png "
+              f"to {result['workdir']}")
+        return 0
+
+    return cli.guarded(go)
 
 
 if __name__ == "__main__":

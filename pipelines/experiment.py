@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import evaluate, reporting, train
+from pipelines import cli, reporting
 from pipelines.config import TrainConfig
+from pipelines.evaluator import Evaluator
 from pipelines.sharding import Sharding
-from pipelines.steps import TrainState
-from qrsu_data import interop, loaders, store, task
-from qrsu_models import CELLS
+from pipelines.steps import create_model, create_tx, init_state, make_train_step
+from qrsu_data import loaders, store, task
+from qrsu_models import CELLS, registry
 
 SOLVED_ERROR = 0.01
 """Solved: at most this fraction of the test split misclassified (Pascanu et al. 2013)."""
@@ -43,6 +44,28 @@ CHECK_EVERY = {"easy": 320, "normal": 320, "moderate": 320, "hard": 320, "nightm
 """Default training sequences between two checks, per level (nightmare's checks cost 5x hard's)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything one (cell, level, seed) run depends on: a run is redone only if one of these differs."""
+
+    cell: str
+    level: str
+    seed: int
+    budget: int
+    check_every: int
+    batch_size: int = 16
+    lr: float = 2e-3
+    clip_norm: float = 1.0
+    hidden: int = 64
+    padding: str = "pre"
+    grad_threads: int = 2
+
+    @property
+    def key(self) -> str:
+        """The run's file name in the output folder's runs/."""
+        return f"{self.cell.replace(':', '.')}-{self.level}-seed{self.seed}"
+
+
 @dataclasses.dataclass
 class RunResult:
     """What one (cell, level, seed) run ended with."""
@@ -57,53 +80,113 @@ class RunResult:
     wrong_of_2560: int
     wall_time_s: float
     curve: list[tuple[int, float]]
+    parameters: int | None = None
+    state_size: int | None = None
 
 
-def run_one(cell: str, level: str, seed: int, *, budget: int, check_every: int, batch_size: int = 16,
-            lr: float = 2e-3, clip_norm: float = 1.0, hidden: int = 64, data_dir=None,
-            padding: str = "pre", grad_threads: int = 2) -> RunResult:
-    """Trains ``cell`` on ``level`` from ``seed`` until solved or ``budget`` training sequences."""
-    if budget <= 0 or check_every <= 0:
-        raise ValueError(f"budget and check_every must be positive, got {budget} and {check_every}")
-    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, lr=lr, clip_norm=clip_norm,
-                         hidden=hidden, seed=seed, data_dir=data_dir, padding=padding, grad_threads=grad_threads,
-                         workdir=os.devnull).validate()
-    store.build(level, data_dir)
+def run_one(spec: RunSpec, data_dir=None) -> RunResult:
+    """Trains ``spec.cell`` on ``spec.level`` from ``spec.seed`` until solved or ``spec.budget`` training sequences."""
+    if spec.budget <= 0 or spec.check_every <= 0:
+        raise ValueError(f"budget and check_every must be positive, got {spec.budget} and {spec.check_every}")
+    config = TrainConfig(model=spec.cell, difficulty=spec.level, batch_size=spec.batch_size, lr=spec.lr,
+                         clip_norm=spec.clip_norm, hidden=spec.hidden, seed=spec.seed, data_dir=data_dir,
+                         padding=spec.padding, grad_threads=spec.grad_threads, workdir=os.devnull).validate()
+    store.build(spec.level, data_dir)
     sharding = Sharding.create()
-    ts = TrainState.create(config, sharding)
-    train_iter = loaders.train_loader(level, batch_size=batch_size, seed=seed, data_dir=data_dir, padding=padding)
-    test = interop.numpy_split(level, "test", data_dir=data_dir, padding=padding)
-    paper = {k: v[:PAPER_TEST] for k, v in test.items()}
-
-    def wrong_of_2560() -> int:
-        predicted = evaluate.predict_labels(ts.objects()[0], paper["tokens"], paper["lengths"], padding,
-                                            batch_size=PAPER_TEST)
-        return int((predicted != paper["label"]).sum())
-
-    steps_per_check = max(1, check_every // batch_size)
+    model = create_model(config)
+    parameters = registry.parameter_count(model)
+    state_size = registry.state_size(model, loaders.max_length(spec.level))
+    tx = create_tx(config)
+    split, state = init_state(model, tx, config, sharding)
+    evaluator = Evaluator(split, sharding, batch_size=1280)
+    train_iter = loaders.train_loader(spec.level, batch_size=spec.batch_size, seed=spec.seed, data_dir=data_dir,
+                                      padding=spec.padding)
+    steps_per_check = max(1, spec.check_every // spec.batch_size)
     t0 = time.perf_counter()
     seen, curve, solved_at = 0, [], None
-    while seen < budget:  # at least one check runs
-        for _ in range(steps_per_check):
-            ts.train_step(sharding.put_batch(next(train_iter)))
-        seen += steps_per_check * batch_size
-        # A check first screens the 1997 paper's 2,560 test sequences (a quarter of the split, so a quarter
-        # of the time); only a screen with at most SCREEN_ERROR wrong is followed by the whole split, which
-        # decides. A model at 1% error on the split fails the screen with probability ~1e-6 (5 sd).
-        wrong = wrong_of_2560()
-        accuracy = 1.0 - wrong / PAPER_TEST
-        whole_split = wrong <= SCREEN_ERROR * PAPER_TEST
-        if whole_split:
-            accuracy = train.evaluate(ts, config)["accuracy"]  # the whole test split, every example once
-        curve.append((seen, accuracy))
-        if 1.0 - accuracy <= SOLVED_ERROR:
-            solved_at = seen
-            break
-    if not whole_split:
-        accuracy = train.evaluate(ts, config)["accuracy"]  # the final figure is always the whole split's
+    with make_train_step(config, split, tx, sharding) as step_fn:
+        while seen < spec.budget:  # at least one check runs
+            for _ in range(steps_per_check):
+                state, _ = step_fn(state, sharding.put_batch(next(train_iter)))
+            seen += steps_per_check * spec.batch_size
+            # A check first screens the 1997 paper's 2,560 test sequences (a quarter of the split, so a quarter
+            # of the time); only a screen with at most SCREEN_ERROR wrong is followed by the whole split, which
+            # decides. A model at 1% error on the split fails the screen with probability ~1e-6 (5 sd).
+            wrong = evaluator.predict(state.params, spec.level, "test", data_dir=data_dir, limit=PAPER_TEST).wrong
+            accuracy = 1.0 - wrong / PAPER_TEST
+            whole_split = wrong <= SCREEN_ERROR * PAPER_TEST
+            if whole_split:
+                accuracy = evaluator.evaluate(state.params, spec.level, "test", data_dir=data_dir)["accuracy"]
+            curve.append((seen, accuracy))
+            if 1.0 - accuracy <= SOLVED_ERROR:
+                solved_at = seen
+                break
+        if not whole_split:  # the final figure is always the whole split's
+            accuracy = evaluator.evaluate(state.params, spec.level, "test", data_dir=data_dir)["accuracy"]
     # No training since the last check: its count of wrong answers is the final model's.
-    return RunResult(cell, level, seed, solved_at is not None, solved_at, seen, accuracy, wrong,
-                     round(time.perf_counter() - t0, 1), curve)
+    return RunResult(spec.cell, spec.level, spec.seed, solved_at is not None, solved_at, seen, accuracy, wrong,
+                     round(time.perf_counter() - t0, 1), curve, parameters, state_size)
+
+
+class ExperimentError(cli.CommandError):
+    """An output folder that cannot take this grid's results; the message says why."""
+
+
+def check_out(out: Path) -> Path:
+    """``out`` made and writable, before anything trains; ExperimentError otherwise."""
+    out = out.expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file, not a folder; give a folder for the results")
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ExperimentError(f"cannot write the results into --out {out}: {e.strerror or e}") from None
+    return out
+
+
+def saved_runs(out: Path) -> dict[str, tuple[dict, RunResult]]:
+    """The finished runs in ``out``/runs, by key: (their settings, their result)."""
+    found = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            result = RunResult(**{**record["result"], "curve": [tuple(p) for p in record["result"]["curve"]]})
+            found[path.stem] = (record["settings"], result)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ExperimentError(f"{path} is not a finished run of this experiment ({type(e).__name__}: {e}); "
+                                  f"move it away and run again (the run is then redone)") from None
+    return found
+
+
+def plan(specs: list[RunSpec], out: Path) -> tuple[list[RunSpec], dict[str, RunResult]]:
+    """(runs still to do, runs done with these settings); ExperimentError if ``out`` holds runs of other settings."""
+    saved = saved_runs(out)
+    todo, done, conflicts = [], {}, []
+    for spec in specs:
+        if spec.key not in saved:
+            todo.append(spec)
+            continue
+        settings, result = saved[spec.key]
+        asked = dataclasses.asdict(spec)
+        diffs = {k: (settings.get(k), v) for k, v in asked.items() if settings.get(k) != v}
+        if diffs:
+            conflicts.append(f"{spec.key} ({', '.join(f'{k}: saved {a!r}, asked {b!r}' for k, (a, b) in diffs.items())})")
+        else:
+            done[spec.key] = result
+    if conflicts:
+        raise ExperimentError(f"{out} holds runs of other settings: {'; '.join(conflicts[:5])}"
+                              f"{' ...' if len(conflicts) > 5 else ''}. Rerun with the saved settings to extend "
+                              f"the grid, or choose another --out")
+    return todo, done
+
+
+def save_run(spec: RunSpec, result: RunResult, out: Path) -> None:
+    """Writes one finished run into ``out``/runs, atomically."""
+    reporting.write_json(out / "runs" / f"{spec.key}.json",
+                         {"settings": dataclasses.asdict(spec), "result": dataclasses.asdict(result)})
 
 
 def markdown_table(results: list[RunResult]) -> str:
@@ -213,22 +296,34 @@ def write_results(results: list[RunResult], out: Path) -> None:
 
 
 def load_results(out: Path) -> list[RunResult]:
-    """The runs that ``write_results`` saved in ``out``/results.json."""
+    """Every finished run saved in ``out`` (its runs/ folder, or a results.json of an earlier version)."""
+    if (out / "runs").is_dir():
+        return [result for _, result in saved_runs(out).values()]
     path = out / "results.json"
     try:
         rows = json.loads(path.read_text())
         return [RunResult(**{**row, "curve": [tuple(point) for point in row["curve"]]}) for row in rows]
     except FileNotFoundError:
-        raise SystemExit(f"{path} does not exist: give the --out folder of an earlier experiment") from None
+        raise ExperimentError(f"{path} does not exist: give the --out folder of an earlier experiment") from None
     except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"{path} is not an experiment's results.json ({e})") from None
+        raise ExperimentError(f"{path} is not an experiment's results.json ({e})") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the grid and writes its results."""
+def _ordered(results: list[RunResult], cells: list[str]) -> list[RunResult]:
+    """Results by level (task order), then cell (the grid's order, others after), then seed."""
+    levels = list(task.LEVELS)
+    known = list(dict.fromkeys([*cells, *CELLS, *sorted(r.cell for r in results)]))
+    return sorted(results, key=lambda r: (levels.index(r.level) if r.level in levels else len(levels), r.level,
+                                          known.index(r.cell), r.seed))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
     p = argparse.ArgumentParser(prog="python -m pipelines.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), metavar="MODEL",
+                   help=f"models to compare: any of {', '.join(registry.names())}, or package.module:Class "
+                        f"(default: {' '.join(CELLS)})")
     p.add_argument("--levels", nargs="+", default=list(task.LEVELS), choices=list(task.LEVELS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=None, help="training sequences per run (default: per level, "
@@ -247,39 +342,71 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPU gradient threads (see pipelines.train --help); pinned, not automatic, because the "
                         "thread count sets the order of a float sum: the published table used 2")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/experiment", help="output folder")
+    p.add_argument("--out", default="results/experiment",
+                   help="output folder; each finished run is saved in OUT/runs as it ends, and a rerun into the "
+                        "same folder skips the runs done with the same settings")
     p.add_argument("--quick", action="store_true", help="a small grid for tests: lstm and rnn on easy, one seed")
-    p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the table and plots of DIR/results.json")
-    args = p.parse_args(argv)
-    if args.replot:
-        results = load_results(Path(args.replot))
-        write_results(results, Path(args.replot))
-        print(markdown_table(results))
-        return 0
-    if args.quick:
-        args.cells, args.levels, args.seeds = ["rnn", "lstm"], ["easy"], args.seeds[:1]
-        args.budget, args.check_every = args.budget or 3200, args.check_every or 320
+    p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the table and plots of DIR's runs")
+    return p
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for cell in args.cells:
+        registry.get(cell)  # ValueError naming the valid models
     for name in ("budget", "check_every", "batch_size", "hidden"):
         value = getattr(args, name)
         if value is not None and value <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    results = []
-    for level in args.levels:
-        for cell in args.cells:
-            for seed in args.seeds:
-                r = run_one(cell, level, seed, budget=args.budget or BUDGETS[level],
-                            check_every=args.check_every or CHECK_EVERY[level],
-                            batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, hidden=args.hidden,
-                            data_dir=args.data_dir, grad_threads=args.grad_threads)
-                outcome = f"solved after {r.sequences_to_solve:,} sequences" if r.solved else "not solved"
-                print(f"{cell:<5} {level:<10} seed {seed}: {outcome}; test accuracy {r.test_accuracy:.4f}, "
-                      f"{r.wrong_of_2560} of 2560 wrong, {r.wall_time_s:.0f} s", flush=True)
-                results.append(r)
-    out = Path(args.out)
-    write_results(results, out)
-    print(f"\n{markdown_table(results)}\nWrote results.json, results.csv, results.md, sequences_to_solve.png, "
-          f"accuracy_by_level.png and learning_curves.png to {out}")
-    return 0
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for seed in args.seeds:
+        if seed < 0:
+            raise ValueError(f"--seeds must be >= 0, got {seed}")
+    if not args.lr > 0 or args.lr != args.lr or args.lr == float("inf"):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.clip_norm < float("inf"):
+        raise ValueError(f"--clip-norm must be >= 0 (0 disables clipping), got {args.clip_norm}")
+    if args.grad_threads < 1 or args.batch_size % args.grad_threads:
+        raise ValueError(f"--grad-threads must be >= 1 and divide --batch-size {args.batch_size}, "
+                         f"got {args.grad_threads}")
+    if args.data_dir is not None:
+        store.resolve_data_dir(args.data_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the grid (the runs not done yet) and writes its results."""
+    args = parser().parse_args(argv)
+
+    def go() -> int:
+        if args.replot:
+            out = Path(args.replot)
+            results = _ordered(load_results(out), [])
+            write_results(results, out)
+            print(markdown_table(results))
+            return 0
+        if args.quick:
+            args.cells, args.levels, args.seeds = ["rnn", "lstm"], ["easy"], args.seeds[:1]
+            args.budget, args.check_every = args.budget or 3200, args.check_every or 320
+        _validate(args)
+        out = check_out(Path(args.out))
+        specs = [RunSpec(cell, level, seed, budget=args.budget or BUDGETS[level],
+                         check_every=args.check_every or CHECK_EVERY[level], batch_size=args.batch_size, lr=args.lr,
+                         clip_norm=args.clip_norm, hidden=args.hidden, grad_threads=args.grad_threads)
+                 for level in args.levels for cell in args.cells for seed in args.seeds]
+        todo, done = plan(specs, out)
+        if done:
+            print(f"{len(done)} of the {len(specs)} runs are done already in {out}; {len(todo)} to go.", flush=True)
+        for spec in todo:
+            r = run_one(spec, args.data_dir)
+            save_run(spec, r, out)
+            outcome = f"solved after {r.sequences_to_solve:,} sequences" if r.solved else "not solved"
+            print(f"{spec.cell:<5} {spec.level:<10} seed {spec.seed}: {outcome}; test accuracy {r.test_accuracy:.4f}, "
+                  f"{r.wrong_of_2560} of 2560 wrong, {r.wall_time_s:.0f} s", flush=True)
+        results = _ordered(load_results(out), args.cells)  # every run in the folder, this grid's and earlier ones'
+        write_results(results, out)
+        print(f"\n{markdown_table(results)}\nWrote results.json, results.csv, results.md, sequences_to_solve.png, "
+              f"accuracy_by_level.png and learning_curves.png to {out}")
+        return 0
+
+    return cli.guarded(go)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ import sys
 import jax
 import numpy as np
 
-from pipelines.runs import RunError, load_config, load_run
-from qrsu_data import padding as padding_lib, task
-from qrsu_models import SequenceClassifier
+from flax import nnx
+
+from pipelines import cli
+from pipelines.runs import load_config, load_run
+from qrsu_data import catalog, padding as padding_lib, task
 
 EXIT_BAD_SEQUENCE = 2
 """Exit code for a sequence that is not valid input (argparse's code for bad usage)."""
@@ -50,7 +52,7 @@ def parse_sequence(text: str, level: task.Level) -> tuple[np.ndarray, str | None
     return tokens, warning
 
 
-def class_probabilities(model: SequenceClassifier, sequences: list[np.ndarray], padding: str) -> np.ndarray:
+def class_probabilities(model: nnx.Module, sequences: list[np.ndarray], padding: str) -> np.ndarray:
     """Softmax class probabilities [N, num_classes] of token-id sequences of any lengths, in one batch."""
     lengths = np.array([len(s) for s in sequences], np.int32)
     # Padded to the longest given sequence, not the level's maximum: the model is exact for any length, and
@@ -80,35 +82,33 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
     args = parser().parse_args(argv)
-    try:
+
+    def go() -> int:
+        if args.step is not None and args.step < 0:
+            raise ValueError(f"--step must be a checkpoint step >= 0, got {args.step}")
         config = load_config(args.workdir)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    level = task.get_level(config.difficulty)
-    # Every sequence is checked before the model is loaded: a typo fails fast, and all typos are reported.
-    parsed, errors = [], []
-    for text in args.sequences:
-        try:
-            parsed.append(parse_sequence(text, level))
-        except SequenceError as e:
-            errors.append(str(e))
-    if errors:
-        for message in errors:
-            print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_SEQUENCE
-    for _, warning in parsed:
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
-    try:
+        level = catalog.level_of(config.difficulty)
+        # Every sequence is checked before the model is loaded: a typo fails fast, and all typos are reported.
+        parsed, errors = [], []
+        for text in args.sequences:
+            try:
+                parsed.append(parse_sequence(text, level))
+            except SequenceError as e:
+                errors.append(str(e))
+        if errors:
+            for message in errors:
+                cli.error(message)
+            return EXIT_BAD_SEQUENCE
+        for _, warning in parsed:
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         run = load_run(args.workdir, args.step)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    probabilities = class_probabilities(run.model, [tokens for tokens, _ in parsed], config.padding)
-    for text, p in zip(args.sequences, probabilities):
-        print(format_prediction(text, p, level.classes))
-    return 0
+        probabilities = class_probabilities(run.model, [tokens for tokens, _ in parsed], config.padding)
+        for text, p in zip(args.sequences, probabilities):
+            print(format_prediction(text, p, level.classes))
+        return 0
+
+    return cli.guarded(go)
 
 
 if __name__ == "__main__":

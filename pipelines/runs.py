@@ -1,75 +1,156 @@
-"""A trained run, read back from its workdir: the saved config and the model of one of its checkpoints."""
+"""A run's workdir: what it holds, the one process that may write it, and the trained model read back from it."""
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import json
 import os
+import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from flax import nnx
+
+from pipelines import steps as steps_lib
+from pipelines.cli import CommandError
+from pipelines.checkpoints import CheckpointError, Checkpointer, abstract, steps_in
 from pipelines.config import TrainConfig, load
-from pipelines.sharding import Sharding
-from qrsu_models import SequenceClassifier
+
+RUN_FILES = ("config.json", "history.json", "curves.png", "checkpoints", "events", "evaluation*.json",
+             "confusion_matrix*.png", "accuracy_by_lag*.png")
+"""What a run and its evaluations write into a workdir (glob patterns); --overwrite removes exactly these."""
+LOCK_FILE = ".lock"
 
 
-class RunError(RuntimeError):
-    """A workdir that holds no usable run, or a checkpoint it lacks; the message says what to do."""
-
-
-class Run(NamedTuple):
-    """A trained model with the config it was trained under and the step of its checkpoint."""
-
-    config: TrainConfig
-    model: SequenceClassifier
-    step: int
+class RunError(CommandError):
+    """A workdir that holds no usable run, or is in use; the message says what to do."""
 
 
 def _train_hint(workdir: Path) -> str:
     return f"train one with: python -m pipelines.train --workdir {workdir}"
 
 
+def resolve(workdir: str | os.PathLike) -> Path:
+    """``workdir`` expanded and absolute; RunError if it is empty or a file."""
+    if not os.fspath(workdir).strip():
+        raise RunError("the workdir is empty; give a folder")
+    path = Path(workdir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise RunError(f"the workdir {path} is a file, not a folder; give a folder")
+    return path
+
+
+def holds_run(workdir: Path) -> bool:
+    """Whether ``workdir`` holds something trained: a checkpoint or a history (a config alone is not a run)."""
+    return bool(steps_in(workdir / "checkpoints")) or (workdir / "history.json").exists()
+
+
+def run_files(workdir: Path) -> list[Path]:
+    """The files and folders of a run (and of its evaluations) in ``workdir``."""
+    return sorted({p for pattern in RUN_FILES for p in workdir.glob(pattern)})
+
+
+def remove_run(workdir: Path) -> None:
+    """Deletes the run in ``workdir`` and its evaluations (nothing else in the folder)."""
+    for p in run_files(workdir):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+class WorkdirLock:
+    """One writer per workdir: an exclusive lock held while training, naming its holder to anyone else."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            f = open(self.workdir / LOCK_FILE, "a+")
+        except OSError as e:
+            raise RunError(f"cannot use the workdir {self.workdir}: {e.strerror or e}; give a writable folder") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunError(f"{self.workdir} is in use by another training ({holder}); wait for it to end, or "
+                           f"choose another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv)}")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Run(NamedTuple):
+    """A trained model with the config it was trained under and the step of its checkpoint."""
+
+    config: TrainConfig
+    model: nnx.Module
+    step: int
+
+
 def load_config(workdir: str | os.PathLike) -> TrainConfig:
-    """The config saved in ``workdir``/config.json; RunError when the workdir holds no run."""
-    workdir = Path(workdir).expanduser().absolute()
+    """The config saved in ``workdir``/config.json; RunError when the workdir holds no run or the file is bad."""
+    workdir = resolve(workdir)
     if not workdir.is_dir():
         raise RunError(f"{workdir} does not exist; {_train_hint(workdir)}")
     path = workdir / "config.json"
     if not path.is_file():
         raise RunError(f"{workdir} holds no trained run (no config.json); {_train_hint(workdir)}")
-    return load(path)
+    try:
+        return load(path)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
+def saved_record(workdir: Path) -> dict:
+    """config.json as saved, with the run's recorded amendments (``resumes``) and model size."""
+    try:
+        return json.loads((workdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     """Steps of the complete checkpoints under ``workdir``/checkpoints, oldest first."""
-    directory = Path(workdir).expanduser().absolute() / "checkpoints"
-    if not directory.is_dir():
-        return []
-    # Orbax names a finished checkpoint by its step; one being written carries a temporary suffix.
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    return steps_in(resolve(workdir) / "checkpoints")
 
 
 def load_run(workdir: str | os.PathLike, step: int | None = None) -> Run:
-    """The model of checkpoint ``step`` (default: the latest) of the run in ``workdir``; RunError if absent."""
-    # Imported here: TrainState pulls in optax and the jitted steps, which config-only callers don't need.
-    from pipelines.checkpoints import Checkpointer
-    from pipelines.steps import TrainState
-
-    workdir = Path(workdir).expanduser().absolute()
+    """The model of checkpoint ``step`` (default: the latest) of the run in ``workdir``: parameters only."""
+    workdir = resolve(workdir)
     config = load_config(workdir)
     steps = checkpoint_steps(workdir)
-    # Checked before making a Checkpointer, which would create an empty checkpoints/ folder in the workdir.
     if not steps:
         raise RunError(f"{workdir} holds no checkpoint (checkpoints/ is missing or empty); {_train_hint(workdir)}")
     if step is not None and step not in steps:
-        raise RunError(f"{workdir} has no checkpoint at step {step}; available steps: "
-                       f"{', '.join(map(str, steps))}")
+        raise RunError(f"{workdir} has no checkpoint at step {step}; available steps: {', '.join(map(str, steps))}")
+    step = steps[-1] if step is None else step
+    try:
+        model = steps_lib.create_model(config)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"the model saved in {workdir / 'config.json'} cannot be built: {e}") from None
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     checkpointer = Checkpointer(workdir)
     try:
-        step = checkpointer.latest_step() if step is None else step
-        # The checkpoint holds the whole training state; it is restored into a same-structured fresh one
-        # (built from the saved config, as training built it) and the model is taken out of it.
-        ts = TrainState.create(config, Sharding.create())
-        ts.load_pure_state(checkpointer.restore_state(step, ts.pure_state()))
+        restored = checkpointer.restore_params(step, abstract(nnx.to_pure_dict(params)))
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
     finally:
         checkpointer.close()
-    model = ts.objects()[0]
-    return Run(config, model, int(step))
+    return Run(config, nnx.merge(graphdef, restored, nnx.to_pure_dict(rest)), int(step))

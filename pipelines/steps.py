@@ -1,12 +1,18 @@
-"""The training state (model, optimizer, metrics) and its one jitted train step and one jitted eval step."""
+"""The train step: one jitted function from (state, batch) to (new state, loss), over plain pytrees.
+
+The shape is the one of Flax's NNX examples and nanodo: the model is split once into a static graph and its
+parameters (a plain dict of arrays); the step computes the loss, its gradient, the optimizer update and the
+running metrics, and is compiled with ``jax.jit(step, in_shardings, out_shardings, donate_argnums)``, the
+batch sharded over the mesh's ``data`` axis and the state replicated. On one CPU device a measured faster
+strategy, :class:`pipelines.threaded_step.ThreadedTrainStep`, computes the same update with each batch's
+gradient split over threads; :func:`make_train_step` picks it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +21,129 @@ from flax import nnx
 
 from pipelines.config import ACCELERATOR_UNROLL, TrainConfig
 from pipelines.sharding import Sharding, local_value
-from qrsu_data import task
-from qrsu_models import SequenceClassifier
+from qrsu_data import catalog
+from qrsu_models import registry
+
+Batch = dict[str, jax.Array]
+
+
+class Metrics(NamedTuple):
+    """Running sums of the train loss and accuracy since the last reset (device scalars)."""
+
+    loss_sum: jax.Array
+    correct: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def zeros(cls) -> Metrics:
+        """No example seen."""
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def add(self, losses: jax.Array, logits: jax.Array, labels: jax.Array) -> Metrics:
+        """These sums plus a batch's per-example losses and predictions."""
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels, dtype=jnp.int32)
+        return Metrics(self.loss_sum + losses.sum(), self.correct + correct, self.count + losses.shape[0])
+
+    def compute(self) -> dict[str, float]:
+        """Mean loss and accuracy, on the host (NaN before any example)."""
+        count = int(local_value(self.count))
+        if not count:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        return {"loss": float(local_value(self.loss_sum)) / count,
+                "accuracy": int(local_value(self.correct)) / count}
+
+
+class TrainState(NamedTuple):
+    """What a step reads and writes: the model's parameters, the optimizer's state and the running metrics."""
+
+    params: dict
+    opt_state: Any
+    metrics: Metrics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SplitModel:
+    """A model's static part for jitted functions: ``split(params, batch)`` gives its logits."""
+
+    graphdef: nnx.GraphDef
+    rest: dict  # state that is not a trainable nnx.Param (none in the built-in models); constant in training
+    padding: str
+
+    @classmethod
+    def of(cls, model: nnx.Module, padding: str) -> tuple[SplitModel, dict]:
+        """(static part, parameters as a plain dict) of ``model``."""
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        return cls(graphdef, nnx.to_pure_dict(rest), padding), nnx.to_pure_dict(params)
+
+    def merge(self, params: dict) -> nnx.Module:
+        """The model object holding ``params``."""
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def __call__(self, params: dict, batch: Batch) -> jax.Array:
+        return self.merge(params)(batch["tokens"], batch["lengths"], self.padding)
+
+
+def loss_fn(params: dict, model: SplitModel, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Mean softmax cross-entropy of the batch, with (logits, per-example losses)."""
+    logits = model(params, batch)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return losses.mean(), (logits, losses)
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads: dict, losses: jax.Array,
+                    logits: jax.Array, labels: jax.Array) -> TrainState:
+    """The state after the optimizer's update with ``grads`` and the batch's metrics."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, updates), opt_state, state.metrics.add(losses, logits, labels))
+
+
+def train_step(model: SplitModel, tx: optax.GradientTransformation, state: TrainState,
+               batch: Batch) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on ``batch``: the new state and the batch's mean loss."""
+    (loss, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, model, batch)
+    return apply_gradients(tx, state, grads, losses, logits, batch["label"]), loss
+
+
+def jit_train_step(model: SplitModel, tx: optax.GradientTransformation, sharding: Sharding):
+    """``train_step`` compiled for the mesh: batch split along ``data``, state replicated and donated."""
+    return jax.jit(functools.partial(train_step, model, tx), in_shardings=(sharding.replicated, sharding.batch),
+                   out_shardings=(sharding.replicated, sharding.replicated), donate_argnums=0)
+
+
+class TrainStep:
+    """The jitted step as a callable ``(state, batch) -> (state, loss)``, closed like the threaded strategy."""
+
+    threads = 1
+
+    def __init__(self, model: SplitModel, tx: optax.GradientTransformation, sharding: Sharding):
+        self._step = jit_train_step(model, tx, sharding)
+        self._sync = sharding.blocks_each_step
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+        state, loss = self._step(state, batch)
+        if self._sync:
+            jax.block_until_ready(loss)
+        return state, loss
+
+    def close(self) -> None:
+        """Nothing to release (the threaded strategy shuts its threads down here)."""
+
+    def __enter__(self) -> TrainStep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_train_step(config: TrainConfig, model: SplitModel, tx: optax.GradientTransformation,
+                    sharding: Sharding) -> TrainStep:
+    """The step strategy for this run: gradient threads on one CPU device where they pay, else the jitted step."""
+    from pipelines import threaded_step
+
+    threads = threaded_step.grad_threads(config, sharding)
+    if threads > 1:
+        return threaded_step.ThreadedTrainStep(model, tx, threads, config.batch_size)
+    return TrainStep(model, tx, sharding)
 
 
 def unroll(config: TrainConfig) -> int:
@@ -28,12 +155,19 @@ def unroll(config: TrainConfig) -> int:
     return 1 if jax.devices()[0].platform == "cpu" else ACCELERATOR_UNROLL
 
 
-def create_model(config: TrainConfig) -> SequenceClassifier:
-    """The configured classifier, initialised from ``config.seed``."""
-    # Chrono initialisation spreads the forget gates' time scales up to the level's sequence length.
-    return SequenceClassifier(config.model, hidden=config.hidden, num_classes=config.num_classes,
-                              lstm_init=config.lstm_init, chrono_max=task.get_level(config.difficulty).padded_length,
-                              unroll=unroll(config), rngs=nnx.Rngs(config.seed))
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The constructor options of the configured model, the loop unroll resolved for this device."""
+    options = config.options()
+    if "unroll" in registry.get(config.model).options():
+        options.setdefault("unroll", unroll(config))
+    return options
+
+
+def create_model(config: TrainConfig) -> nnx.Module:
+    """The configured model, initialised from ``config.seed``."""
+    return registry.get(config.model).build(num_classes=config.num_classes,
+                                            max_length=catalog.max_length(config.difficulty),
+                                            seed=config.seed, options=model_options(config))
 
 
 def create_tx(config: TrainConfig) -> optax.GradientTransformation:
@@ -42,189 +176,14 @@ def create_tx(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx) if config.clip_norm > 0 else tx
 
 
-MIN_PART_WORK = 800
-"""Automatic gradient threads give each thread at least this many (time step x sequence) cells of work."""
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, config: TrainConfig,
+               sharding: Sharding) -> tuple[SplitModel, TrainState]:
+    """(static model, fresh state) of ``model`` and ``tx``, replicated over the mesh."""
+    split, params = SplitModel.of(model, config.padding)
+    state = TrainState(params, tx.init(params), Metrics.zeros())
+    return split, sharding.replicate(state)
 
 
-def grad_threads(config: TrainConfig, sharding: Sharding) -> int:
-    """How many threads share each train step's gradient: ``config.grad_threads``, or 0 resolved for this run."""
-    if sharding.num_devices > 1 or jax.devices()[0].platform != "cpu":
-        return 1  # accelerators and meshes parallelise inside the step already
-    if config.grad_threads:
-        return config.grad_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # A thread pays only when its part of the batch is big enough to outweigh the extra dispatches: measured
-    # on 2 cores, 2 threads ran `easy` at batch 32 (9 steps x 16 rows a part) at 0.4x, `normal` at batch 32
-    # (41 x 16) at 0.8x, `moderate` at batch 32 (81 x 16) at 1.2x and `normal` at batch 256 at 1.8x.
-    length = task.get_level(config.difficulty).padded_length
-    return max(t for t in range(1, min(cores, 4) + 1)
-               if config.batch_size % t == 0 and (t == 1 or length * config.batch_size // t >= MIN_PART_WORK))
-
-
-def create_metrics() -> nnx.MultiMetric:
-    """Mean loss and accuracy, as in the seed notebook."""
-    return nnx.MultiMetric(loss=nnx.metrics.Average(), accuracy=nnx.metrics.Accuracy())
-
-
-@dataclasses.dataclass
-class TrainState:
-    """The objects a run trains and measures, with their jitted steps."""
-
-    model: SequenceClassifier
-    optimizer: nnx.Optimizer
-    train_metrics: nnx.MultiMetric
-    eval_metrics: nnx.MultiMetric
-    padding: str
-    sharding: Sharding
-    # The state of (model, optimizer, train_metrics, eval_metrics) as the flat list of its arrays, on the
-    # mesh: the jitted steps take and return plain lists, so a call does no per-Variable Python work
-    # (flattening an nnx.State and rebuilding its Variables cost ~0.7 ms a call, on the critical path).
-    _leaves: list | None = None
-    _treedef: Any = None
-    _graphdef: Any = None
-    _train: Callable | None = None
-    _eval: Callable | None = None
-    _grad: Callable | None = None
-    _apply: Callable | None = None
-    _pool: ThreadPoolExecutor | None = None
-    _indices: list | None = None  # one device scalar per gradient thread
-
-    @classmethod
-    def create(cls, config: TrainConfig, sharding: Sharding) -> TrainState:
-        """Fresh model, optimizer and metrics for ``config``, replicated over the mesh."""
-        model = create_model(config)
-        optimizer = nnx.Optimizer(model, create_tx(config), wrt=nnx.Param)
-        ts = cls(model, optimizer, create_metrics(), create_metrics(), config.padding, sharding)
-        ts._graphdef, state = nnx.split((ts.model, ts.optimizer, ts.train_metrics, ts.eval_metrics))
-        ts._treedef = jax.tree.structure(state)
-        ts.state = state
-        rep, bat = sharding.replicated, sharding.batch
-        # The graph is split once: the jitted functions take and return flat lists of arrays, so no NNX graph
-        # traversal happens per step; the old state's buffers are donated to the new one.
-        graph = (ts._graphdef, ts._treedef)
-        ts._train = jax.jit(functools.partial(_train_step, graph, ts.padding),
-                            in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-        ts._eval = jax.jit(functools.partial(_eval_step, graph, ts.padding),
-                           in_shardings=(rep, bat), out_shardings=rep, donate_argnums=0)
-        threads = grad_threads(config, sharding)
-        if threads > 1:
-            # XLA:CPU runs a recurrence's loop on one core, and one program's independent loops do not run
-            # concurrently; separate executions on separate threads do. So each thread takes the gradient
-            # of one slice of the batch, and one more program averages them and updates.
-            part = config.batch_size // threads
-            ts._grad = jax.jit(functools.partial(_grad_part, graph, ts.padding, part))
-            ts._apply = jax.jit(functools.partial(_apply_grads, graph), donate_argnums=0)
-            ts._indices = [jnp.int32(i) for i in range(threads)]  # device scalars: no conversion per call
-            ts._pool = ThreadPoolExecutor(threads, thread_name_prefix="qrsu-grad")
-        return ts
-
-    @property
-    def threads(self) -> int:
-        """How many threads share each train step's gradient."""
-        return len(self._indices) if self._indices else 1
-
-    @property
-    def state(self) -> nnx.State:
-        """The nnx.State of (model, optimizer, train_metrics, eval_metrics), on the mesh."""
-        return jax.tree.unflatten(self._treedef, self._leaves)
-
-    @state.setter
-    def state(self, state: nnx.State) -> None:
-        self._leaves = jax.tree.leaves(self.sharding.replicate(state))
-
-    def train_step(self, batch: dict[str, jax.Array]) -> jax.Array:
-        """One optimizer step on ``batch``; returns the batch's mean loss (a device scalar)."""
-        if self._pool is None:
-            self._leaves, loss = self._train(self._leaves, batch)
-            return loss
-        leaves = self._leaves
-        parts = [self._pool.submit(lambda i: jax.block_until_ready(self._grad(leaves, batch, i)), i)
-                 for i in self._indices]
-        self._leaves, loss = self._apply(leaves, [p.result() for p in parts], batch["label"])
-        return loss
-
-    def eval_step(self, batch: dict[str, jax.Array]) -> None:
-        """Adds ``batch`` (masked: padded rows ignored) to the eval metrics."""
-        self._leaves = self._eval(self._leaves, batch)
-
-    def objects(self) -> tuple[SequenceClassifier, nnx.Optimizer, nnx.MultiMetric, nnx.MultiMetric]:
-        """(model, optimizer, train metrics, eval metrics) holding the current state."""
-        nnx.update((self.model, self.optimizer, self.train_metrics, self.eval_metrics), self.state)
-        return self.model, self.optimizer, self.train_metrics, self.eval_metrics
-
-    def compute(self, which: str) -> dict[str, float]:
-        """The current values of the ``train`` or ``eval`` metrics."""
-        _, _, tm, em = self.objects()
-        return {k: float(local_value(v)) for k, v in (tm if which == "train" else em).compute().items()}
-
-    def reset(self, which: str) -> None:
-        """Zeroes the ``train`` or ``eval`` metrics."""
-        _, _, tm, em = self.objects()
-        (tm if which == "train" else em).reset()
-        self.state = nnx.state((self.model, self.optimizer, tm, em))
-
-    def pure_state(self) -> dict:
-        """The whole state as a nested dict of arrays (what a checkpoint stores)."""
-        return nnx.to_pure_dict(self.state)
-
-    def load_pure_state(self, pure: dict) -> None:
-        """Replaces the state by a dict of the same structure as ``pure_state()``'s."""
-        state = self.state
-        nnx.replace_by_pure_dict(state, pure)
-        self.state = state
-
-
-def _loss(model: SequenceClassifier, batch: dict[str, jax.Array], padding: str):
-    logits = model(batch["tokens"], batch["lengths"], padding=padding)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return losses.mean(), (logits, losses)
-
-
-def _update(graph, state, grads, logits, losses, labels):
-    # The end of every train step: the optimizer's update and the train metrics, on the new state.
-    model, optimizer, train_metrics, eval_metrics = nnx.merge(graph[0], state)
-    optimizer.update(model, grads)
-    train_metrics.update(values=losses, logits=logits, labels=labels)
-    return _leaves(graph, nnx.state((model, optimizer, train_metrics, eval_metrics))), losses.mean()
-
-
-def _leaves(graph, state) -> list:
-    # The flat list a jitted step returns; the structure must stay the one the step was built for.
-    leaves, treedef = jax.tree.flatten(state)
-    if treedef != graph[1]:
-        raise ValueError(f"the step changed the state's structure:\n{graph[1]}\n->\n{treedef}")
-    return leaves
-
-
-def _train_step(graph, padding: str, leaves, batch):
-    state = jax.tree.unflatten(graph[1], leaves)
-    model = nnx.merge(graph[0], state)[0]
-    (_, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, batch, padding)
-    return _update(graph, state, grads, logits, losses, batch["label"])
-
-
-def _grad_part(graph, padding: str, part: int, leaves, batch, index):
-    # Slicing inside the program keeps one compilation for every part (index is traced).
-    sliced = {k: jax.lax.dynamic_slice_in_dim(v, index * part, part) for k, v in batch.items()}
-    model = nnx.merge(graph[0], jax.tree.unflatten(graph[1], leaves))[0]
-    (_, (logits, losses)), grads = nnx.value_and_grad(_loss, has_aux=True)(model, sliced, padding)
-    return jax.tree.leaves(grads), logits, losses
-
-
-def _apply_grads(graph, leaves, parts, labels):
-    state = jax.tree.unflatten(graph[1], leaves)
-    # The gradients' structure is that of the model's parameters (what nnx.value_and_grad differentiates).
-    grad_def = jax.tree.structure(nnx.state(nnx.merge(graph[0], state)[0], nnx.Param))
-    # Equal parts: the mean of the parts' mean gradients is the whole batch's mean gradient.
-    grads = jax.tree.unflatten(grad_def, [sum(g) / len(g) for g in zip(*[p[0] for p in parts])])
-    logits = jnp.concatenate([p[1] for p in parts])
-    losses = jnp.concatenate([p[2] for p in parts])
-    return _update(graph, state, grads, logits, losses, labels)
-
-
-def _eval_step(graph, padding: str, leaves, batch):
-    state = jax.tree.unflatten(graph[1], leaves)
-    model, optimizer, train_metrics, eval_metrics = nnx.merge(graph[0], state)
-    _, (logits, losses) = _loss(model, batch, padding)
-    eval_metrics.update(values=losses, logits=logits, labels=batch["label"], mask=batch["mask"])
-    return _leaves(graph, nnx.state((model, optimizer, train_metrics, eval_metrics)))
+def reset_metrics(state: TrainState, sharding: Sharding) -> TrainState:
+    """``state`` with the running metrics zeroed."""
+    return state._replace(metrics=sharding.replicate(Metrics.zeros()))

@@ -133,8 +133,9 @@ class _Gather:
     """Maps (indices, mask) to a batch dict; holds only names, so it pickles small into worker processes."""
 
     def __init__(self, config: str, split: str, data_dir: str, padding: str, pad_id: int,
-                 arrays: codec.SplitArrays):
+                 arrays: codec.SplitArrays, with_index: bool = False):
         self._key = (config, split, data_dir)
+        self._with_index = with_index
         self._padding, self._pad_id = padding, pad_id
         self._arrays: codec.SplitArrays | None = arrays
 
@@ -146,12 +147,15 @@ class _Gather:
             self._arrays = catalog.load_split(*self._key)
         idx, mask = element
         a = self._arrays
-        return {
+        batch = {
             "tokens": a.gather_tokens(idx, self._padding, self._pad_id),
             "lengths": a.lengths[idx],
             "label": a.labels[idx],
             "mask": mask,
         }
+        if self._with_index:
+            batch["index"] = idx.astype(np.int32)  # record index of each row (a filler row repeats a real one)
+        return batch
 
 
 def _to_iter(ds: grain.MapDataset, num_threads: int, prefetch: int, worker_count: int) -> grain.IterDataset:
@@ -220,15 +224,18 @@ def num_eval_batches(num_examples: int, batch_size: int, shard_count: int = 1) -
 def eval_loader(config: str, split: str = "test", *, batch_size: int, data_dir: str | os.PathLike | None = None,
                 padding: str = "pre", pad_id: int = PAD_ID, num_threads: int = DEFAULT_NUM_THREADS,
                 prefetch: int = DEFAULT_PREFETCH, worker_count: int = 0, shard_index: int | None = None,
-                shard_count: int | None = None, build_if_missing: bool = False) -> Iterable[dict[str, np.ndarray]]:
-    """One ordered pass over a split: every example exactly once, the last batch filled with mask=False rows."""
+                shard_count: int | None = None, build_if_missing: bool = False,
+                limit: int | None = None) -> Iterable[dict[str, np.ndarray]]:
+    """One ordered pass over a split (or its first ``limit`` examples): every example exactly once, with its
+    record ``index``, the last batch filled with mask=False rows."""
     arrays, data_dir = _common(config, split, data_dir, batch_size, padding, pad_id, build_if_missing)
     index, count = _shard(shard_index, shard_count)
-    indices = np.array_split(np.arange(len(arrays)), count)[index]
+    total = len(arrays) if limit is None else min(_check_int("limit", limit, 1), len(arrays))
+    indices = np.array_split(np.arange(total), count)[index]
     # Every shard yields the same number of batches, so multi-host evaluation steps stay in lockstep; a shard
     # with fewer examples gets more masked-out rows (possibly a whole masked batch), never one batch fewer.
-    ds = _SequentialIndexBatches(indices, batch_size, num_eval_batches(len(arrays), batch_size, count),
+    ds = _SequentialIndexBatches(indices, batch_size, num_eval_batches(total, batch_size, count),
                                  filler=int(indices[0]) if len(indices) else 0)
-    ds = ds.map(_Gather(config, split, data_dir, padding, pad_id, arrays))
+    ds = ds.map(_Gather(config, split, data_dir, padding, pad_id, arrays, with_index=True))
     return _to_iter(ds, num_threads, prefetch, worker_count)
 

@@ -1,15 +1,14 @@
-"""Many-to-one sequence classifier over token ids: embedding-as-gather -> scanned RNN/LSTM/GRU -> Linear.
+"""Many-to-one recurrent classifier over token ids: scanned RNN/LSTM/GRU -> Linear.
 
 Mathematically the seed notebook's model (``SimpleRNN`` / ``SimpleLSTM``: one-hot input, hidden 64, the last
 hidden state into ``nnx.Linear``), with three changes that do not change the function it computes:
 
-* the input is token ids, and the one-hot @ W_ih + b product is a gather from a [vocab, G*H] table, done for
-  all steps at once before the time loop;
-* the recurrent weights of all gates are fused into one [H, G*H] kernel (one matmul per step);
-* variable lengths are exact: the state only advances on real tokens, so a sequence's logits do not depend
-  on how much padding its batch adds. 'post' rows are rolled into the 'pre' layout and padded steps get a
-  zero input, which keeps the zero initial state exactly zero (:func:`pre_padded_time_major`,
-  :mod:`qrsu_models.recurrence`), so no mask is needed inside the time loop.
+* the input is token ids: every step forms ``[h | onehot(token)]`` and ONE matmul with ``[W_hh; W_in]``
+  gives its pre-activations (:mod:`qrsu_models.recurrence`), input bias folded into ``W_in``'s rows;
+* the weights of all gates are fused into one kernel (one matmul per step);
+* variable lengths are exact: rows are right-aligned (:func:`qrsu_models.layout.time_major_ids`) and padded
+  steps get a zero input, which keeps the zero initial state exactly zero, so no mask is needed inside the
+  time loop and a sequence's logits do not depend on how much padding its batch adds.
 
 Cells: 'lstm' is flax's ``nnx.LSTMCell`` and 'gru' flax's ``nnx.GRUCell``; 'rnn' is the seed's SimpleRNN,
 ``nnx.SimpleCell`` (tanh) followed by a ReLU on the carried state, i.e. h = relu(tanh(W_ih x + W_hh h + b)).
@@ -28,13 +27,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qrsu_data import task
-from qrsu_models import initializers, recurrence
+from qrsu_models import initializers, layout, recurrence
 
 CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
 """Recurrent cells: the seed's ReLU RNN (nnx.SimpleCell then relu), flax's LSTMCell, flax's GRUCell."""
 LSTM_INITS: tuple[str, ...] = initializers.LSTM_INITS
-PADDINGS: tuple[str, ...] = ("pre", "post")
-"""'pre': the real tokens are the last ``length`` steps of a row (the seed's layout); 'post': the first."""
+PADDINGS: tuple[str, ...] = layout.PADDINGS
 
 
 def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
@@ -47,32 +45,12 @@ def _check_positive(what: str, value: object) -> None:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
-def pre_padded_time_major(tokens: jax.Array, lengths: jax.Array, padding: str, vocab_size: int) -> jax.Array:
-    """Token ids [T, B] with the real tokens last and every padded step set to ``vocab_size`` (no input)."""
-    _check_choice("padding", padding, PADDINGS)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
-    batch, steps = tokens.shape
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must be [batch] = [{batch}], got shape {lengths.shape}")
-    tokens = tokens.astype(jnp.int32)
-    lengths = jnp.clip(lengths.astype(jnp.int32), 0, steps)
-    t = jnp.arange(steps, dtype=jnp.int32)[None, :]
-    start = steps - lengths[:, None]  # first real step in the pre-padded layout
-    if padding == "post":
-        # Roll each row right by its padding so the same tokens end at the last step. Processing them from a
-        # zero state after zero-input padded steps gives the same final state as stopping after the last real
-        # token, so 'post' costs one gather on int tokens and nothing in the loop.
-        tokens = jnp.take_along_axis(tokens, jnp.clip(t - start, 0, steps - 1), axis=1)
-    return jnp.where(t >= start, tokens, vocab_size).T
-
-
 @functools.partial(jax.jit, static_argnames=("cell", "padding", "vocab_size", "unroll", "custom_grad"))
 def _last_hidden(w_in: jax.Array, bias: jax.Array, w_hh: jax.Array, tokens: jax.Array, lengths: jax.Array, *,
                  cell: str, padding: str, vocab_size: int, unroll: int, custom_grad: bool) -> jax.Array:
     # jitted so that eager calls compile once per shape instead of dispatching op by op; under an outer jit
     # (the training step) it is simply inlined.
-    tok = pre_padded_time_major(tokens, lengths, padding, vocab_size)
+    tok = layout.time_major_ids(tokens, lengths, padding, vocab_size)
     # Bias folded into the table rows: a padded step (id = vocab_size) gets no bias, hence exactly zero input.
     return recurrence.last_hidden(cell, tok, w_in + bias, w_hh, unroll=unroll, custom_grad=custom_grad)
 
@@ -116,6 +94,10 @@ class SequenceClassifier(nnx.Module):
         return _last_hidden(self.w_in[...], self.bias[...], self.w_hh[...], jnp.asarray(tokens),
                             jnp.asarray(lengths), cell=self.cell, padding=padding, vocab_size=self.vocab_size,
                             unroll=self.unroll, custom_grad=custom_grad)
+
+    def state_size(self, length: int) -> int:
+        """Floats carried per sequence from step to step: h (and the LSTM's c), whatever the length."""
+        return self.hidden * (2 if self.cell == "lstm" else 1)
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row.

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from pipelines.checkpoints import Checkpointer
+from pipelines import steps
+from pipelines.checkpoints import Checkpointer, abstract
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
-from pipelines.steps import TrainState
 from qrsu_data import loaders, store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +54,32 @@ def test_two_processes_train_in_lockstep_and_match_one_process(data_dir, tmp_pat
 
     # One process, one device, fed the same global batches: each process's shard is half of every batch.
     cfg = TrainConfig(data_dir=data_dir, workdir=os.fspath(tmp_path / "ref"), lr=3e-3)
-    ts = TrainState.create(cfg, Sharding.create(jax.devices()[:1]))
-    initial = [np.asarray(x) for x in jax.tree.leaves(ts.pure_state()[0])]  # copies: the step donates buffers
+    sharding = Sharding.create(jax.devices()[:1])
+    split, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sharding)
+    initial = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # copies: the step donates buffers
     shards = [loaders.train_loader("easy", batch_size=16, seed=cfg.seed, data_dir=data_dir, shard_index=i,
                                    shard_count=2) for i in (0, 1)]
-    for _ in range(STEPS):
-        parts = [next(it) for it in shards]
-        ts.train_step(ts.sharding.put_batch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))
+    with steps.make_train_step(cfg, split, steps.create_tx(cfg), sharding) as step:
+        for _ in range(STEPS):
+            parts = [next(it) for it in shards]
+            state, _ = step(state, sharding.put_batch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))
     ckpt = Checkpointer(workdir)
-    assert ckpt.latest_step() == STEPS
-    restored = ckpt.restore_state(STEPS, ts.pure_state())
-    ours, theirs = ts.pure_state()[0], restored[0]  # the model's parameters
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    assert ckpt.steps()[-1] == STEPS
+    theirs = ckpt.restore_params(STEPS, abstract(state.params))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     moved = [not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(initial, jax.tree.leaves(theirs))]
     assert all(moved)  # every parameter was trained, so the match above is not trivial
+
+
+def test_a_process_whose_peers_never_come_exits_with_a_message(data_dir, tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-m", "pipelines.train", "--data-dir", data_dir, "--workdir",
+                          os.fspath(tmp_path / "run"), "--num-processes", "2", "--process-id", "0",
+                          "--coordinator-address", f"127.0.0.1:{port}", "--init-timeout", "5"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert f"not every process reached the coordinator at 127.0.0.1:{port} within 5 s" in res.stderr
+    assert "Traceback" not in res.stderr and "Check failure" not in res.stderr
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -93,7 +93,8 @@ def test_plots_are_pngs_and_no_temp_files_remain(run_dir, evaluated):
         assert (run_dir / name).exists()
     for name in ("confusion_matrix.png", "accuracy_by_lag.png"):
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC
-    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    # The only hidden file is the workdir's writer lock (pipelines.runs.LOCK_FILE), no temp file of a write.
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [".lock"]
 
 
 def test_lag_bins_bin_wide_ranges():
@@ -105,10 +106,21 @@ def test_lag_bins_bin_wide_ranges():
     assert evaluate.lag_definition(task.get_level("exp6b")).startswith("t3 - t1")
 
 
+def test_restoring_a_model_needs_no_optimizer(run_dir, monkeypatch):
+    from pipelines import steps
+
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("load_run made an optimizer")
+
+    monkeypatch.setattr(steps, "create_tx", no_optimizer)
+    run = load_run(run_dir)
+    assert run.step == 80 and type(run.model).__name__ == "SequenceClassifier"
+
+
 def test_predict_gives_the_known_class_of_test_sequences(run_dir, data_dir, capsys):
     split = interop.numpy_split("easy", "test", data_dir=data_dir)
     config, model, _ = load_run(run_dir)
-    predicted = evaluate.predict_labels(model, split["tokens"], split["lengths"], config.padding, 2000)
+    predicted = np.asarray(model(split["tokens"], split["lengths"], config.padding)).argmax(-1)
     # Two sequences of each class that the evaluated model gets right: predict must agree with evaluate.
     picks = [i for c in range(4) for i in np.flatnonzero((split["label"] == c) & (predicted == c))[:2]]
     assert len(picks) == 8
@@ -157,7 +169,24 @@ def test_missing_checkpoint_and_unknown_step_and_split(run_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(RunError, match="no checkpoint at step 7; available steps: 40, 80"):
         load_run(run_dir, step=7)
-    with pytest.raises(ValueError, match="unknown split 'val'; choose one of: test, train"):
+    with pytest.raises(ValueError, match="unknown split 'val' of config 'easy'; choose one of: train, test"):
         evaluate.evaluate_run(run_dir, split="val")
-    with pytest.raises(SystemExit):
-        evaluate.main(["--workdir", os.fspath(run_dir), "--split", "val"])
+    assert evaluate.main(["--workdir", os.fspath(run_dir), "--split", "val"]) == 2
+
+
+def test_a_corrupt_checkpoint_or_config_is_named(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for f in (copy / "checkpoints" / "80" / "params").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    assert evaluate.main(["--workdir", os.fspath(copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {copy / 'checkpoints' / '80'} cannot be read" in err and "other steps: 40" in err
+    assert "Traceback" not in err
+    assert evaluate.main(["--workdir", os.fspath(copy), "--step", "40"]) == 0  # the readable one
+    (copy / "config.json").write_text("{not json")
+    assert predict.main(["--workdir", os.fspath(copy), "BaXbcYdE"]) == 1
+    assert f"{copy / 'config.json'} is not a run's config" in capsys.readouterr().err

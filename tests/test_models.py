@@ -207,12 +207,12 @@ def test_fast_path_matches_flax_reference(cell):
 
 
 def test_custom_vjp_matches_autodiff_of_the_same_scan():
-    from qrsu_models import pre_padded_time_major, recurrence
+    from qrsu_models import layout, recurrence
 
     rng = np.random.default_rng(8)
     tokens = jnp.asarray(rng.integers(0, V, (5, 30)), jnp.int32)
     lengths = jnp.asarray([30, 4, 12, 1, 29], jnp.int32)
-    tok = pre_padded_time_major(tokens, lengths, "post", V)
+    tok = layout.time_major_ids(tokens, lengths, "post", V)
     for cell in CELLS:
         w_in = jnp.asarray(rng.normal(size=(V, recurrence.GATES[cell] * 16)), jnp.float32)
         w_hh = jnp.asarray(rng.normal(size=(16, recurrence.GATES[cell] * 16)), jnp.float32) * 0.3

@@ -1,0 +1,42 @@
+"""What every command does with a user error: one line on stderr that names the problem, an exit code, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from qrsu_data.codec import CorruptSplitError
+
+EXIT_FAILED = 1
+"""The work could not be done: a run that cannot start or go on, a damaged file, a dataset that is missing."""
+EXIT_USAGE = 2
+"""A bad flag or value (argparse's code for bad usage)."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C (128 + SIGINT), after saving what there was to save."""
+
+
+class CommandError(RuntimeError):
+    """A command that cannot do its work; the message says why and what to do."""
+
+
+FAILURES = (CommandError, CorruptSplitError, FileNotFoundError, PermissionError, OSError)
+
+
+def error(message: object) -> None:
+    """Prints ``error: message`` on stderr."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """Runs ``main`` and turns a user error into its message and exit code."""
+    try:
+        return main()
+    except ValueError as e:  # a value the user gave: a flag, an option, a config name, a JSON object
+        error(e)
+        return EXIT_USAGE
+    except FAILURES as e:
+        error(e)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_INTERRUPTED
