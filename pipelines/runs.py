@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -65,10 +66,13 @@ class WorkdirLock:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self._file = None
+        self._made: list[Path] = []  # folders this lock created, removed again if they stay empty
 
     def __enter__(self) -> WorkdirLock:
+        missing = [p for p in (self.workdir, *self.workdir.parents) if not p.exists()]
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            self._made = missing
             f = open(self.workdir / LOCK_FILE, "a+")
         except OSError as e:
             raise RunError(f"cannot use the workdir {self.workdir}: {e.strerror or e}; give a writable folder") from None
@@ -89,11 +93,18 @@ class WorkdirLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.truncate(0)
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._file is None:
+            return
+        self._file.truncate(0)
+        if self._made and [p.name for p in self.workdir.iterdir()] == [LOCK_FILE]:
+            # A run that stopped before writing anything leaves no trace (nobody else can hold this new lock).
+            (self.workdir / LOCK_FILE).unlink()
+            for p in self._made:
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only if empty
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
 
 
 class Run(NamedTuple):

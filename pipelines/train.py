@@ -272,6 +272,8 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
 def configure(argv: list[str] | None = None) -> TrainConfig:
     """The run the command line asks for: a fresh run's config, or the saved run's with a resume's changes."""
     flags = config_lib.parse_flags(argv)  # argparse exits with code 2 on a malformed flag
+    if "workdir" in flags and not flags["workdir"].strip():
+        raise ValueError(f"workdir must name a folder, got {flags['workdir']!r}")  # "" is not "the default"
     if not flags.get("resume"):
         return TrainConfig(**flags).validate()
     fresh = TrainConfig(**{k: v for k, v in flags.items() if k in ("model", "difficulty", "seed", "workdir")})

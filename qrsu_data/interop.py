@@ -82,8 +82,8 @@ def _make_torch_dataset_class() -> type:
             catalog.ensure_built(config, data_dir, build_if_missing)
             self.config, self.split = config, split
             self.path = os.fspath(store.dataset_dir(config, data_dir))
-            # A missing or truncated file is named now, not as an opaque error inside a DataLoader worker.
-            self.files = catalog.check_files(config, split, data_dir)
+            self.files = [path for path, _ in catalog.split_files(config, split, data_dir)]
+            self._data_dir = data_dir
             self._len = catalog.split_size(config, split, data_dir)
             self.max_length = catalog.max_length(config)  # for torch_collate(max_length=...): static shapes
             self._source, self._pid = None, None
@@ -92,6 +92,10 @@ def _make_torch_dataset_class() -> type:
             # One reader per process: DataLoader workers (forked or spawned) open their own.
             if self._source is None or self._pid != os.getpid():
                 import tensorflow_datasets as tfds
+
+                # A missing or truncated file is named here, in the process that reads (never in a parent
+                # that forks DataLoader workers afterwards: ArrayRecord's threads do not survive a fork).
+                catalog.check_files(self.config, self.split, self._data_dir)
 
                 self._source = tfds.builder_from_directory(self.path).as_data_source(split=self.split)
                 self._pid = os.getpid()

@@ -43,9 +43,15 @@ class ModelSpec:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Options set here rather than by the constructor's own defaults (e.g. the recurrent cell)."""
 
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """The constructor's parameters (of ``__init__`` for a class: NNX's metaclass hides the class's own)."""
+        if inspect.isclass(self.constructor):
+            return dict(list(inspect.signature(self.constructor.__init__).parameters.items())[1:])
+        return dict(inspect.signature(self.constructor).parameters)
+
     def options(self) -> dict[str, Any]:
         """Every option the constructor takes, with its default (``inspect.Parameter.empty`` if required)."""
-        params = inspect.signature(self.constructor).parameters
+        params = self.parameters()
         out = {k: p.default for k, p in params.items()
                if k not in CONTEXT_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
         return {**out, **{k: v for k, v in self.defaults.items() if k in out}}
@@ -60,7 +66,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r} has no option {', '.join(map(repr, unknown))}; its options: "
                              f"{', '.join(valid) or 'none'}")
         kwargs = {**{k: v for k, v in self.defaults.items() if k in valid}, **options}
-        params = inspect.signature(self.constructor).parameters
+        params = self.parameters()
         context = {"num_classes": num_classes, "vocab_size": vocab_size, "max_length": max_length,
                    "rngs": nnx.Rngs(seed)}
         kwargs.update({k: v for k, v in context.items() if k in params})
