@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipelines import cli, reporting
+from pipelines import cli, reporting, runs
 from pipelines.evaluator import Evaluator
 from pipelines.runs import load_run
 from pipelines.sharding import Sharding, is_primary
@@ -191,9 +191,8 @@ def parser() -> argparse.ArgumentParser:
                                             "by lag between the relevant symbols; writes evaluation.json, "
                                             "confusion_matrix.png and accuracy_by_lag.png into the workdir.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
+    runs.add_run_flags(p)
     p.add_argument("--split", default="test", help="which split to evaluate, every example once (test, train, ...)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--data-dir", default=None, help="dataset dir (default: the one the run was trained with)")
     p.add_argument("--config", default=None,
                    help="evaluate on another dataset config of the same classes, e.g. longer sequences (built first "
@@ -206,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def go() -> int:
-        if args.step is not None and args.step < 0:
-            raise ValueError(f"--step must be a checkpoint step >= 0, got {args.step}")
         result = evaluate_run(args.workdir, args.split, args.step, args.data_dir, config=args.config)
         print(format_report(result))
         suffix = "" if args.config is None or args.config == result["difficulty"] else f"-{args.config}"

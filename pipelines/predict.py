@@ -10,7 +10,7 @@ import numpy as np
 
 from flax import nnx
 
-from pipelines import cli
+from pipelines import cli, runs
 from pipelines.runs import load_config, load_run
 from qrsu_data import catalog, padding as padding_lib, task
 
@@ -73,8 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.predict",
                                 description="Print the class a trained run gives each sequence, with the "
                                             f"probability of every class. Symbols: {' '.join(task.SYMBOLS)}.")
-    p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    runs.add_run_flags(p)
     p.add_argument("sequences", nargs="+", metavar="SEQ", help="a sequence such as BaXbcYdE")
     return p
 
@@ -84,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def go() -> int:
-        if args.step is not None and args.step < 0:
-            raise ValueError(f"--step must be a checkpoint step >= 0, got {args.step}")
         config = load_config(args.workdir)
         level = catalog.level_of(config.difficulty)
         # Every sequence is checked before the model is loaded: a typo fails fast, and all typos are reported.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import fcntl
@@ -105,6 +106,22 @@ class WorkdirLock:
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
         self._file = None
+
+
+def _step(text: str) -> int:
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"must be a checkpoint step >= 0, got {step}")
+    return step
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``--workdir`` and ``--step``, as every command that reads a trained run takes them."""
+    p.add_argument("--workdir", required=True, help="the run's workdir (made by python -m pipelines.train)")
+    p.add_argument("--step", type=_step, default=None, help="checkpoint step (default: the latest)")
 
 
 class Run(NamedTuple):

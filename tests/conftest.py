@@ -6,3 +6,18 @@ import jax
 # thread) to float32 tolerances. On a GPU, XLA's default float32 matmul may use TF32 (10-bit mantissa), which
 # is ~1e-3 off; ask for full float32 everywhere (a no-op on CPU, where CI runs).
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def easy_data_dir(tmp_path_factory) -> str:
+    """A data dir holding the standard `easy` config, built once for the whole session (read-only: copy to damage)."""
+    from qrsu_data import store
+
+    path = tmp_path_factory.mktemp("easy_data")
+    store.build("easy", path)
+    return os.fspath(path)

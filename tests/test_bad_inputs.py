@@ -74,7 +74,7 @@ CASES = [
     ("evaluate", ["--workdir", "EMPTY"], 1, "holds no trained run (no config.json)"),
     ("evaluate", ["--workdir", "BADCONFIG"], 1, "config.json is not a run's config"),
     ("evaluate", ["--workdir", "RUN", "--step", "7"], 1, "no checkpoint at step 7; available steps: 5"),
-    ("evaluate", ["--workdir", "RUN", "--step", "-1"], 2, "--step must be a checkpoint step >= 0, got -1"),
+    ("evaluate", ["--workdir", "RUN", "--step", "-1"], 2, "argument --step: must be a checkpoint step >= 0, got -1"),
     ("evaluate", ["--workdir", "RUN", "--step", "abc"], 2, "invalid int value: 'abc'"),
     ("evaluate", ["--workdir", "RUN", "--split", "val"], 2, "unknown split 'val' of config 'easy'"),
     ("evaluate", ["--workdir", "RUN", "--data-dir", ""], 2, "the data dir is empty"),

@@ -28,10 +28,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    store.build("easy", path)
-    return os.fspath(path)
+def data_dir(easy_data_dir):
+    return easy_data_dir
 
 
 def test_two_processes_train_in_lockstep_and_match_one_process(data_dir, tmp_path):

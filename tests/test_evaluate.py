@@ -19,10 +19,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    store.build("easy", path)
-    return os.fspath(path)
+def data_dir(easy_data_dir):
+    return easy_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ from qrsu_data import store
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    store.build("easy", data)
-    return os.fspath(data)
+def data_dir(easy_data_dir):
+    return easy_data_dir
 
 
 @pytest.fixture(scope="module")

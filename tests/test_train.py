@@ -22,10 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    store.build("easy", path)
-    return os.fspath(path)
+def data_dir(easy_data_dir):
+    return easy_data_dir
 
 
 def small(data_dir, workdir, **kw):
