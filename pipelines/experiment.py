@@ -11,11 +11,13 @@ sequences.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -84,8 +86,10 @@ class RunResult:
     state_size: int | None = None
 
 
-def run_one(spec: RunSpec, data_dir=None) -> RunResult:
-    """Trains ``spec.cell`` on ``spec.level`` from ``spec.seed`` until solved or ``spec.budget`` training sequences."""
+def run_one(spec: RunSpec, data_dir=None, events_dir: Path | None = None) -> RunResult:
+    """Trains ``spec.cell`` on ``spec.level`` from ``spec.seed`` until solved or ``spec.budget`` training sequences.
+
+    With ``events_dir``, each check's accuracy goes to TensorBoard event files there (step: sequences seen)."""
     if spec.budget <= 0 or spec.check_every <= 0:
         raise ValueError(f"budget and check_every must be positive, got {spec.budget} and {spec.check_every}")
     config = TrainConfig(model=spec.cell, difficulty=spec.level, batch_size=spec.batch_size, lr=spec.lr,
@@ -104,7 +108,10 @@ def run_one(spec: RunSpec, data_dir=None) -> RunResult:
     steps_per_check = max(1, spec.check_every // spec.batch_size)
     t0 = time.perf_counter()
     seen, curve, solved_at = 0, [], None
-    with make_train_step(config, split, tx, sharding) as step_fn:
+    if events_dir is not None and events_dir.exists():
+        shutil.rmtree(events_dir)  # a run killed before it was saved left these; the run is redone whole
+    events = reporting.Events(events_dir or ".", enabled=events_dir is not None)
+    with make_train_step(config, split, tx, sharding) as step_fn, contextlib.closing(events):
         while seen < spec.budget:  # at least one check runs
             for _ in range(steps_per_check):
                 state, _ = step_fn(state, sharding.put_batch(next(train_iter)))
@@ -118,6 +125,7 @@ def run_one(spec: RunSpec, data_dir=None) -> RunResult:
             if whole_split:
                 accuracy = evaluator.evaluate(state.params, spec.level, "test", data_dir=data_dir)["accuracy"]
             curve.append((seen, accuracy))
+            events.scalars(seen, {"check/accuracy": accuracy, f"check/wrong_of_{PAPER_TEST}": wrong})
             if 1.0 - accuracy <= SOLVED_ERROR:
                 solved_at = seen
                 break
@@ -173,7 +181,8 @@ def plan(specs: list[RunSpec], out: Path) -> tuple[list[RunSpec], dict[str, RunR
         asked = dataclasses.asdict(spec)
         diffs = {k: (settings.get(k), v) for k, v in asked.items() if settings.get(k) != v}
         if diffs:
-            conflicts.append(f"{spec.key} ({', '.join(f'{k}: saved {a!r}, asked {b!r}' for k, (a, b) in diffs.items())})")
+            listed = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
+            conflicts.append(f"{spec.key} ({listed})")
         else:
             done[spec.key] = result
     if conflicts:
@@ -395,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             print(f"{len(done)} of the {len(specs)} runs are done already in {out}; {len(todo)} to go.", flush=True)
         for spec in todo:
-            r = run_one(spec, args.data_dir)
+            r = run_one(spec, args.data_dir, events_dir=out / "events" / spec.key)
             save_run(spec, r, out)
             outcome = f"solved after {r.sequences_to_solve:,} sequences" if r.solved else "not solved"
             print(f"{spec.cell:<5} {spec.level:<10} seed {spec.seed}: {outcome}; test accuracy {r.test_accuracy:.4f}, "

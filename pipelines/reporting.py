@@ -1,4 +1,4 @@
-"""What a run leaves for people to read: history.json, config.json and the learning-curve plot."""
+"""What a run leaves for people to read: history.json, config.json, the learning-curve plot, TensorBoard events."""
 
 from __future__ import annotations
 
@@ -75,3 +75,27 @@ def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = 
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+class Events:
+    """A run's TensorBoard event files (tensorboardX), so that ``tensorboard --logdir`` compares runs."""
+
+    def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None, enabled: bool = True):
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            # purge_step: a resumed run's events replace those a crash left after its restored checkpoint.
+            self._writer = SummaryWriter(os.fspath(logdir), purge_step=purge_step, flush_secs=10)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Writes ``values`` (tag -> number, e.g. ``"validation/accuracy"``) at ``step``."""
+        if self._writer is not None:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, float(value), global_step=step)
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

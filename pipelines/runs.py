@@ -76,7 +76,8 @@ class WorkdirLock:
             self._made = missing
             f = open(self.workdir / LOCK_FILE, "a+")
         except OSError as e:
-            raise RunError(f"cannot use the workdir {self.workdir}: {e.strerror or e}; give a writable folder") from None
+            raise RunError(f"cannot use the workdir {self.workdir}: {e.strerror or e}; give a writable "
+                           f"folder") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

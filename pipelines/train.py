@@ -198,6 +198,7 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
 
         pending: list = []
         epoch = len(history["epoch"])
+        events = reporting.Events(workdir / "events", purge_step=step if config.resume else None, enabled=primary)
         try:
             with _interrupt_flag() as interrupted:
                 while epoch < config.epochs:
@@ -215,7 +216,9 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
                         if at_check or stop:
                             _check_finite(pending, step, checkpointer)
                             pending.clear()
-                            bar.set_postfix(loss=f"{state.metrics.compute()['loss']:.4f}", refresh=False)
+                            running = state.metrics.compute()
+                            bar.set_postfix(loss=f"{running['loss']:.4f}", refresh=False)
+                            events.scalars(step, {"train/running_loss": running["loss"]})
                         if stop:
                             bar.close()
                             save()
@@ -239,6 +242,8 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
                                        ("epoch", epoch + 1), ("sequences_seen", step * config.batch_size),
                                        ("wall_time_s", round(now, 2))):
                         history[key].append(value)
+                    events.scalars(step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
+                                          "test/loss": test["loss"], "test/accuracy": test["accuracy"]})
                     if primary:
                         reporting.write_json(workdir / "history.json", history)
                         reporting.plot_curves(history, workdir / "curves.png",
@@ -255,6 +260,7 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
             raise TrainingError(f"out of memory at step {step}: {str(e).splitlines()[0][:300]}. Choose a smaller "
                                 f"--batch-size, --eval-batch-size or --hidden") from None
         finally:
+            events.close()
             checkpointer.close()
     summary = {"interrupted": False, "step": step, "workdir": str(workdir),
                "sequences_seen": step * config.batch_size, "parameters": parameters, "state_size": state_size,
@@ -265,7 +271,7 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
         print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
               f"sequences, final test accuracy {summary['final_test_acc']:.4f} "
               f"(best {summary['best_test_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
-              f"curves.png, config.json and checkpoints/ to {workdir}", flush=True)
+              f"curves.png, config.json, events/ (TensorBoard) and checkpoints/ to {workdir}", flush=True)
     return summary
 
 

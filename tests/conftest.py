@@ -21,3 +21,17 @@ def easy_data_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("easy_data")
     store.build("easy", path)
     return os.fspath(path)
+
+
+def read_events(logdir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files under ``logdir``: tag -> [(step, value)], in file order."""
+    tf = pytest.importorskip("tensorflow")
+    from pathlib import Path
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(os.fspath(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out

@@ -268,7 +268,8 @@ def test_empty_or_file_data_dir_is_refused(tmp_path, monkeypatch, data_dir, mess
 
 
 def test_a_config_that_cannot_fit_on_disk_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ValueError, match=r"100,000,000,009,999 sequences, about 15,300,000.0 GB on disk.*h to generate.*GB free"):
+    with pytest.raises(ValueError,
+                       match=r"100,000,000,009,999 sequences, about 15,300,000.0 GB on disk.*h to generate.*GB free"):
         store.build("hard", tmp_path / "data", train_size=99_999_999_999_999)
     assert not (tmp_path / "data").exists()
 

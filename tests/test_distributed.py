@@ -15,7 +15,7 @@ from pipelines import steps
 from pipelines.checkpoints import Checkpointer, abstract
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
-from qrsu_data import loaders, store
+from qrsu_data import loaders
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6

@@ -57,4 +57,5 @@ def test_snippet_runs_and_prints_what_the_page_shows(data_dir, tmp_path, where, 
     if expected is not None:
         checker = doctest.OutputChecker()
         flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-        assert checker.check_output(expected, res.stdout, flags), f"{where} printed:\n{res.stdout}\nthe page shows:\n{expected}"
+        assert checker.check_output(expected, res.stdout, flags), \
+            f"{where} printed:\n{res.stdout}\nthe page shows:\n{expected}"

@@ -12,7 +12,7 @@ import pytest
 from pipelines import config as config_lib
 from pipelines import evaluate, predict, train
 from pipelines.runs import RunError, load_run
-from qrsu_data import interop, store, task
+from qrsu_data import interop, task
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from pipelines import experiment
-from qrsu_data import store
+
+from conftest import read_events
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def test_quick_experiment_writes_results(first):
                  "learning_curves.png", "runs/lstm-easy-seed0.json", "runs/rnn-easy-seed0.json"):
         assert (first / name).stat().st_size > 0
     assert "| easy |" in (first / "results.md").read_text()
+    events = read_events(first / "events" / "lstm-easy-seed0")  # `tensorboard --logdir OUT/events` compares runs
+    assert [(s, pytest.approx(a)) for s, a in events["check/accuracy"]] == [tuple(p) for p in lstm["curve"]]
 
 
 def test_same_seeds_same_table(first, data_dir, tmp_path):
@@ -43,7 +46,7 @@ def test_same_seeds_same_table(first, data_dir, tmp_path):
 def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsys, monkeypatch):
     trained = []
     real = experiment.run_one
-    monkeypatch.setattr(experiment, "run_one", lambda spec, d=None: trained.append(spec.key) or real(spec, d))
+    monkeypatch.setattr(experiment, "run_one", lambda spec, d=None, **k: trained.append(spec.key) or real(spec, d, **k))
     table = (first / "results.md").read_text()
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
     assert trained == [] and "2 of the 2 runs are done already" in capsys.readouterr().out

@@ -18,6 +18,8 @@ from pipelines.evaluator import Evaluator
 from pipelines.sharding import Sharding
 from qrsu_data import interop, store
 
+from conftest import read_events
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +74,10 @@ def test_small_run_writes_history_plot_config_and_checkpoints(data_dir, tmp_path
     assert saved["model"] == "lstm" and saved["lr"] == 3e-3
     assert saved["parameters"] == 18_948 and saved["state_size"] == 128  # reported with the run
     assert Checkpointer(run).steps() == [15, 20, 24]  # every 5 steps and at epoch ends (12, 24); newest 3 kept
+    events = read_events(run / "events")  # TensorBoard's view of the same numbers
+    assert [s for s, _ in events["test/accuracy"]] == [12, 24]
+    assert [v for _, v in events["test/accuracy"]] == pytest.approx(h["test_acc"])
+    assert [s for s, _ in events["train/running_loss"]] == [4, 5, 8, 10, 12, 15, 16, 20, 24]
     assert summary["step"] == 24 and summary["final_test_acc"] == h["test_acc"][-1]
 
 
