@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="record format (default: array_record, random access for Grain)")
     p.add_argument("--train-size", type=_int_flag(1), default=None,
                    help=f"train examples (default {defaults.train_size:,}); a non-default size builds a separately "
-                        "named config such as hard-train1000")
+                        "named config such as hard-train1000. Train and validation sizes apply to the configs "
+                        "that have those splits (a lengthened config has only test)")
     p.add_argument("--validation-size", type=_int_flag(0), default=None,
                    help=f"validation examples (default {defaults.validation_size:,}; 0: no validation split)")
     p.add_argument("--test-size", type=_int_flag(1), default=None,
@@ -87,13 +88,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         names = ["hard"]
     spec_kwargs = {k: v for k, v in (("train_size", args.train_size), ("validation_size", args.validation_size),
                                      ("test_size", args.test_size), ("seed", args.seed)) if v is not None}
-    specs = {}
+    specs, used = {}, set()
     for name in names:
         try:
-            spec = store.spec_of(name, **spec_kwargs)
+            # Train and validation sizes apply to the configs that have those splits (not to test-only ones).
+            kwargs = {k: v for k, v in spec_kwargs.items()
+                      if not (splits.SplitSpec.parse(name).test_only and k in ("train_size", "validation_size"))}
+            spec = store.spec_of(name, **kwargs)
         except ValueError as e:
             p.error(str(e))
+        used.update(kwargs)
         specs.setdefault(spec.name, spec)
+    for key in sorted(set(spec_kwargs) - used):
+        flag = "--" + key.replace("_", "-")
+        p.error(f"argument {flag}: no config given has a {key.split('_')[0]} split (test-only configs: "
+                f"{', '.join(specs)})")
     args.specs = list(specs.values())
     try:
         args.data_dir = store.resolve_data_dir(args.data_dir)

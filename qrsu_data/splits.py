@@ -274,12 +274,13 @@ class SplitSpec:
         level = self.level_def
         if self.enumerable:
             held = self.heldout_share()
-            for side, share, splits in (("held-out", held, "test and validation"), ("remaining", 1 - held, "train")):
+            for side, share, splits in (("held-out", held, "test and validation draw"),
+                                        ("remaining", 1 - held, "train draws")):
                 if share < MIN_ACCEPTANCE:
                     raise ValueError(
                         f"config {self.name!r}: level {self.level!r} holds only {level.space_size():,} distinct "
                         f"sequences, and holding out {self.holdout_fraction:g} of each stratum (equal length, "
-                        f"positions and class) leaves the {side} part, which {splits} draw from, "
+                        f"positions and class) leaves the {side} part, which {splits} from, "
                         f"{'empty' if share == 0 else f'with {share:.2%} of the draws'}; it needs at least "
                         f"{MIN_ACCEPTANCE:.0%}. Use a level with more distractor cells (longer sequences) or "
                         f"another held-out fraction (-holdout<F>)")

@@ -89,7 +89,9 @@ def test_config_family_by_name_and_by_kwargs():
 
 def test_tfds_cli_on_two_worker_processes_gives_the_in_process_records(tmp_path, in_process):
     """A config named by its sizes, on two Beam worker processes: the in-process records, whatever the workers."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # `tfds` runs from its own bin folder: put this checkout's packages first (not another installed copy).
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([os.fspath(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     # `tfds build` imports the builder from its file; Beam's worker processes must still find the generator.
     res = subprocess.run(["tfds", "build", "qrsu_data/temporal_order", "--config", CONFIG, "--file_format",
                           "array_record", "--data_dir", os.fspath(tmp_path), "--beam_pipeline_options",
