@@ -252,7 +252,7 @@ class SplitSpec:
 
         Only a config with a train split holds part of the space out: a test-only config draws freely.
         """
-        return not self.test_only and self.level_def.space_size() <= ENUMERABLE_LIMIT
+        return not self.test_only and self.level_def.space_at_most(ENUMERABLE_LIMIT)
 
     # ------------------------------------------------------------------------------------------ feasibility
 
@@ -297,7 +297,7 @@ class SplitSpec:
                     f"config {self.name!r}: the {earlier} sequences ({n:,} draws) would cover about "
                     f"{min(share, 1):.0%} of what level {self.level!r} generates, so {later}, which must avoid "
                     f"them, could not be drawn (at most {MAX_EXCLUDED_SHARE:.0%}); choose smaller test/validation "
-                    f"sizes or a level with more distinct sequences (it has about {level.space_size():.3g})")
+                    f"sizes or a level with more distinct sequences (it has {level.space_size():,})")
 
     def collision_probability(self) -> float:
         """The probability that two independent draws of the level are the same sequence (sum of p^2)."""

@@ -125,6 +125,17 @@ class Level:
             total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
         return total
 
+    def space_at_most(self, limit: int) -> bool:
+        """Whether the level produces at most ``limit`` distinct sequences (without summing a huge space)."""
+        total = 0
+        for length in range(self.length[0], self.length[1] + 1):
+            if self.free_cells(length) > limit.bit_length():  # 4^m alone exceeds the limit
+                return False
+            total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
+            if total > limit:
+                return False
+        return True
+
     def position_choices(self) -> int:
         """How many combinations of relevant positions the level allows."""
         n = 1
@@ -460,9 +471,8 @@ def enumerate_space(level: Level | str) -> Batch:
     the last cell varying fastest); splits.heldout_keys depends on it.
     """
     level = get_level(level) if isinstance(level, str) else level
-    size = level.space_size()
-    if size > 1_000_000:
-        raise ValueError(f"level {level.name!r} holds {size:.3g} distinct sequences: too many to enumerate")
+    if not level.space_at_most(1_000_000):
+        raise ValueError(f"level {level.name!r} holds over 1,000,000 distinct sequences: too many to enumerate")
     k, n_classes = level.num_relevant, level.num_classes
     labels_of_block, toks, lens, poss, labs = None, [], [], [], []
     for length in range(level.length[0], level.length[1] + 1):
