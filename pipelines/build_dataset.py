@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         '"positions": [[10, 20], [500, 600]]}\' (2 to 8 position ranges, inclusive, 0-based from B)')
     p.add_argument("--suite", action="append", metavar="LEVEL",
                    help="also build the test-only configs of LEVEL's length-generalisation suite "
-                        f"(<level>-len<N> and <level>-tail<N> for N in {', '.join(map(str, splits.DEFAULT_SUITE_LENGTHS))} "
+                        f"(<level>-len<N> and <level>-tail<N> for N in "
+                        f"{', '.join(map(str, splits.DEFAULT_SUITE_LENGTHS))} "
                         "longer than the level's own), repeatable")
     p.add_argument("--data-dir", default=None,
                    help=f"where datasets live (default: ${store.DATA_DIR_ENV} or ~/qrsu_data)")

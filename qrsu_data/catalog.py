@@ -66,7 +66,8 @@ def ensure_built(config: str, data_dir: str | os.PathLike | None = None, build_i
         store.build(config, data_dir)
         return
     raise FileNotFoundError(
-        f"dataset {store.DATASET_NAME}/{store.check_config(config)} is not built in {store.resolve_data_dir(data_dir)}. Build it "
+        f"dataset {store.DATASET_NAME}/{store.check_config(config)} is not built in "
+        f"{store.resolve_data_dir(data_dir)}. Build it "
         f"with:\n  {store.build_command(config, data_dir)}\nor pass build_if_missing=True.")
 
 

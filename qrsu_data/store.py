@@ -221,6 +221,7 @@ def open_builder(config: str, data_dir: str | os.PathLike | None = None):
 
     path = dataset_dir(config, data_dir)
     if not is_built(config, data_dir):
-        raise FileNotFoundError(f"dataset {DATASET_NAME}/{check_config(config)} is not built in {path.parent.parent.parent}. "
+        raise FileNotFoundError(f"dataset {DATASET_NAME}/{check_config(config)} is not built in "
+                                f"{path.parent.parent.parent}. "
                                 f"Build it with:\n  {build_command(config, data_dir)}")
     return tfds.builder_from_directory(os.fspath(path))

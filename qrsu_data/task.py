@@ -186,7 +186,8 @@ def _range_name(prefix: str, r: tuple[int, int]) -> str:
 
 
 def level_name(length: tuple[int, int], positions: Sequence[tuple[int, int]]) -> str:
-    """The name of the level with these ranges: a standard level's name, else e.g. ``len1000to1100_pos10to20_pos500to600``."""
+    """The name of the level with these ranges: a standard level's name, else one such as
+    ``len1000to1100_pos10to20_pos500to600``."""
     length, positions = tuple(length), tuple(tuple(p) for p in positions)
     for lv in LEVELS.values():
         if lv.length == length and lv.positions == positions:
@@ -250,7 +251,7 @@ def scaled_level(level: Level | str, max_length: int) -> Level:
 
 
 def tail_level(level: Level | str, max_length: int) -> Level:
-    """``level`` with positions kept and lengths shifted so its longest sequence is ``max_length`` (``<level>-tail<N>``)."""
+    """``level`` with positions kept, lengths shifted so its longest sequence is ``max_length`` (``<level>-tail<N>``)."""
     return _lengthened(level, "tail", max_length)
 
 

@@ -244,7 +244,8 @@ def test_config_names_round_trip_and_name_their_build_command(tmp_path):
     # store.build takes the same names, and JSON of the same fields.
     assert store.build(name, tmp_path) == store.dataset_dir(name, tmp_path)
     as_json = '{"level": "easy", "train_size": 300, "validation_size": 20, "test_size": 50}'
-    assert store.dataset_dir(as_json, tmp_path) == store.dataset_dir(name, tmp_path) and store.is_built(as_json, tmp_path)
+    assert store.dataset_dir(as_json, tmp_path) == store.dataset_dir(name, tmp_path)
+    assert store.is_built(as_json, tmp_path)
     # Names the flags cannot spell are built by name.
     assert store.build_command("len20_pos2_pos5-holdout0.3", tmp_path) == (
         f"python -m pipelines.build_dataset --config len20_pos2_pos5-holdout0.3 --data-dir {tmp_path}")
@@ -307,7 +308,8 @@ def test_empty_or_file_data_dir_is_refused(tmp_path, monkeypatch, data_dir, mess
 
 
 def test_a_config_that_cannot_fit_on_disk_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ValueError, match=r"100,000,000,019,999 sequences, about 15,300,000.0 GB on disk.*h to generate.*GB free"):
+    with pytest.raises(ValueError, match=r"100,000,000,019,999 sequences, about 15,300,000.0 GB on disk.*h to "
+                                         r"generate.*GB free"):
         store.build("hard", tmp_path / "data", train_size=99_999_999_999_999)
     assert not (tmp_path / "data").exists()
 
@@ -368,7 +370,8 @@ def _cli(argv, capsys):
     (["--config", "len4_pos1_pos2"], "leaves the held-out part, which test and validation draw from, empty"),
     (["--file-format", "csv"], "argument --file-format: invalid choice: 'csv' (choose from"),
     (["--level", "{bad"], "argument --level: level JSON '{bad' does not parse"),
-    (["--level", '{"length": [10, 20], "positions": [[1, 2]]}'], "has 1 relevant position range(s); a level needs 2 to 8"),
+    (["--level", '{"length": [10, 20], "positions": [[1, 2]]}'],
+     "has 1 relevant position range(s); a level needs 2 to 8"),
     (["--level", '{"length": [10, 20], "positions": [[1, 5], [4, 6]]}'], "ranges must be in order and not overlap"),
     (["--config", '{"level": "hard", "train_sizes": 3}'], "unknown config JSON key(s) ['train_sizes']"),
     (["--suite", "hard-len5000"], "argument --suite: level 'hard-len5000' is already lengthened"),

@@ -151,7 +151,8 @@ def test_spec_names_and_bad_input():
         splits.SplitSpec("hard", validation_size=-1)
     with pytest.raises(ValueError, match="unknown split 'dev'; choose one of: train, validation, test"):
         splits.SplitSpec("hard").size("dev")
-    with pytest.raises(ValueError, match="config 'hard-validation0' has no 'validation' split; its splits: train, test"):
+    with pytest.raises(ValueError, match="config 'hard-validation0' has no 'validation' split; its splits: "
+                                         "train, test"):
         splits.SplitSpec("hard", validation_size=0).size("validation")
     with pytest.raises(ValueError, match="too large to enumerate"):
         splits.heldout_keys(splits.SplitSpec("hard"))
