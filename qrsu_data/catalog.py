@@ -139,6 +139,30 @@ def check_files(config: str, split: str, data_dir: str | os.PathLike | None = No
     return [path for path, _ in files]
 
 
+def check_sizes(config: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The files of a built split after checking that each exists and has the size its croissant.json lists;
+    CorruptSplitError otherwise. Pure Python: unlike ``check_files`` it never opens an ArrayRecord reader,
+    which in a parent process leaves forked children (DataLoader workers) deadlocking or crashing when they
+    open one."""
+    from qrsu_data import croissant
+
+    files = split_files(config, split, data_dir)
+    folder = store.dataset_dir(config, data_dir)
+    try:
+        sizes = croissant.file_sizes(folder)
+    except (FileNotFoundError, ValueError):
+        sizes = {}  # a dataset built without its metadata: only existence is checked here
+    for path, _ in files:
+        if not path.is_file():
+            raise CorruptSplitError(f"{path} is missing: the dataset folder is incomplete. Delete the config's "
+                                    f"folder and build it again.")
+        want, got = sizes.get(path.name), path.stat().st_size
+        if want is not None and want != got:
+            raise CorruptSplitError(f"{path} holds {got:,} bytes but {croissant.FILENAME} says {want:,}: the file "
+                                    f"is truncated or corrupt. Delete the config's folder and build it again.")
+    return [path for path, _ in files]
+
+
 def load_split(config: str, split: str, data_dir: str | os.PathLike | None = None) -> SplitArrays:
     """The decoded arrays of a built split, read once per process and reused while its files are unchanged."""
     files = split_files(config, split, data_dir)

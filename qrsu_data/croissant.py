@@ -2,14 +2,15 @@
 
 Written as plain JSON-LD (Croissant 1.1), so building needs no mlcroissant; ``tests/test_croissant.py`` checks
 that ``mlcroissant.Dataset`` loads every variant without validation issues and, for the Parquet export, reads
-the records back. One record set per split, each with the fields ``tokens``, ``length``, ``label`` and
-``positions``, plus a ``classes`` record set that names the label ids. mlcroissant cannot read ArrayRecord or
-TFRecord files: for those the metadata describes the files (a file set per split) without being readable
-through mlcroissant; the Parquet export (``qrsu_data.export``) is.
+the records back. Every file is listed with its size and sha256; one record set per split, each with the fields
+``tokens``, ``length``, ``label`` and ``positions``, plus a ``classes`` record set that names the label ids.
+mlcroissant cannot read ArrayRecord or TFRecord files: for those the metadata describes the files without being
+readable through mlcroissant; the Parquet export (``qrsu_data.export``) is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -65,26 +66,43 @@ def _field(split: str, name: str, data_type: str, source: dict, text: str, shape
     return field
 
 
+def file_digest(path: str | os.PathLike) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file, read in blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
 def metadata(spec: splits.SplitSpec, version: str, date_published: str, file_format: str,
              files: Mapping[str, Sequence[str]], num_examples: Mapping[str, int],
-             sha256: Mapping[str, str] | None = None) -> dict:
+             digests: Mapping[str, tuple[int, str]]) -> dict:
     """The Croissant JSON-LD of a config whose split ``s`` holds ``num_examples[s]`` records stored in
-    ``files[s]`` (names relative to the JSON file). With ``sha256`` (file name -> digest) each file is a
-    FileObject with its checksum, else each split's files form a FileSet."""
+    ``files[s]`` (names relative to the JSON file), each file listed with its ``digests[name]`` (size, sha256).
+
+    Every file is a FileObject with its size and checksum. A split's records come from its FileObject when it
+    is stored in one file, else from a FileSet that includes its files (several shards).
+    """
     if file_format not in ENCODING_FORMATS:
         raise ValueError(f"unknown file format {file_format!r}; choose one of: {', '.join(ENCODING_FORMATS)}")
     level = spec.level_def
     classes = ", ".join(f"{i}={c}" for i, c in enumerate(level.classes))
+    encoding = ENCODING_FORMATS[file_format]
     distribution, record_sets = [], []
     for split, names in files.items():
-        if sha256 is not None:
-            (name,) = names  # one file a split
-            distribution.append({"@type": "cr:FileObject", "@id": f"{split}-file", "name": name, "contentUrl": name,
-                                 "encodingFormat": ENCODING_FORMATS[file_format], "sha256": sha256[name]})
+        for i, name in enumerate(names):
+            size, sha = digests[name]
+            file_id = f"{split}-file" if len(names) == 1 else f"{split}-file-{i}"
+            distribution.append({"@type": "cr:FileObject", "@id": file_id, "name": name, "contentUrl": name,
+                                 "encodingFormat": encoding, "contentSize": f"{size} B", "sha256": sha})
+        if len(names) == 1:
             source = {"fileObject": {"@id": f"{split}-file"}}
         else:
             distribution.append({"@type": "cr:FileSet", "@id": f"{split}-files", "name": f"{split}-files",
-                                 "encodingFormat": ENCODING_FORMATS[file_format], "includes": list(names)})
+                                 "encodingFormat": encoding, "includes": list(names)})
             source = {"fileSet": {"@id": f"{split}-files"}}
         record_sets.append({
             "@type": "cr:RecordSet", "@id": split, "name": split,
@@ -114,13 +132,24 @@ def metadata(spec: splits.SplitSpec, version: str, date_published: str, file_for
 
 
 def write(folder: str | os.PathLike, spec: splits.SplitSpec, version: str, date_published: str, file_format: str,
-          files: Mapping[str, Sequence[str]], num_examples: Mapping[str, int],
-          sha256: Mapping[str, str] | None = None) -> Path:
-    """Writes ``croissant.json`` into ``folder`` (see ``metadata``) and returns its path."""
-    path = Path(folder) / FILENAME
-    doc = metadata(spec, version, date_published, file_format, files, num_examples, sha256)
+          files: Mapping[str, Sequence[str]], num_examples: Mapping[str, int]) -> Path:
+    """Writes ``croissant.json`` into ``folder``, beside the ``files`` it describes (see ``metadata``, whose
+    sizes and checksums it computes); returns its path."""
+    folder = Path(folder)
+    digests = {name: file_digest(folder / name) for names in files.values() for name in names}
+    path = folder / FILENAME
+    doc = metadata(spec, version, date_published, file_format, files, num_examples, digests)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
+
+
+def file_sizes(folder: str | os.PathLike) -> dict[str, int]:
+    """Size in bytes of every file the ``croissant.json`` of ``folder`` lists, by file name."""
+    sizes = {}
+    for d in read(folder).get("distribution", []):
+        if d.get("@type") == "cr:FileObject" and str(d.get("contentSize", "")).endswith(" B"):
+            sizes[d["contentUrl"]] = int(d["contentSize"][:-2])
+    return sizes
 
 
 def read(folder: str | os.PathLike) -> dict:

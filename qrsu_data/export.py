@@ -12,7 +12,6 @@ Needs pyarrow (``pip install 'qrsu[parquet]'``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -79,14 +78,6 @@ def split_table(config: str, split: str, data_dir: str | os.PathLike | None = No
     return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": hf_features(config)}})})
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _existing_export(out: Path) -> dict | None:
     """The (config name, version, format) an existing export folder holds, or None if it holds none."""
     try:
@@ -133,13 +124,13 @@ def export(config: str, out: str | os.PathLike, *, file_format: str = "parquet",
     tmp.mkdir()
     try:
         _, pq = _pyarrow()
-        files, sizes, sha = {}, {}, {}
+        files, sizes = {}, {}
         for split in spec.splits:
             name = f"{split}.{file_format}"
             table = split_table(spec.name, split, data_dir)
             pq.write_table(table, tmp / name, compression=COMPRESSION)
-            files[split], sizes[split], sha[name] = [name], table.num_rows, _sha256(tmp / name)
-        croissant.write(tmp, spec, str(VERSION), RELEASE_DATES[str(VERSION)], file_format, files, sizes, sha)
+            files[split], sizes[split] = [name], table.num_rows
+        croissant.write(tmp, spec, str(VERSION), RELEASE_DATES[str(VERSION)], file_format, files, sizes)
         if out.exists():
             out.rmdir()  # empty (checked above); a rename onto it would fail on some systems
         os.rename(tmp, out)

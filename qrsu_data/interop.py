@@ -100,8 +100,9 @@ def _make_torch_dataset_class() -> type:
             catalog.ensure_built(config, data_dir, build_if_missing)
             self.config, self.split = config, split
             self.path = os.fspath(store.dataset_dir(config, data_dir))
-            # A missing or truncated file is named now, not as an opaque error inside a DataLoader worker.
-            self.files = catalog.check_files(config, split, data_dir)
+            # A missing or truncated file is named now, not as an opaque error inside a DataLoader worker; by
+            # its size, since opening it here would break the forked workers that then open it.
+            self.files = catalog.check_sizes(config, split, data_dir)
             self._len = catalog.split_size(config, split, data_dir)
             self.max_length = catalog.max_length(config)  # for torch_collate(max_length=...): static shapes
             self._source, self._pid = None, None

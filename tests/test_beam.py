@@ -57,8 +57,9 @@ def test_beam_in_one_process_gives_the_in_process_records(tmp_path, in_process):
     _assert_same_dataset(in_process, path, SIZES)
     # The Croissant metadata is written on Beam too, and names the files TFDS's Beam writer made.
     doc = json.loads((path / "croissant.json").read_text())
-    for file_set in doc["distribution"]:
-        assert file_set["includes"] and all((path / name).is_file() for name in file_set["includes"])
+    listed = {d["contentUrl"]: int(d["contentSize"].split()[0]) for d in doc["distribution"]
+              if d["@type"] == "cr:FileObject"}
+    assert listed == {p.name: p.stat().st_size for p in path.glob("*.array_record*")}
 
 
 def test_max_examples_per_split_on_beam_builds_in_process(tmp_path):

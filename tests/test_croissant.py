@@ -38,10 +38,11 @@ def test_every_build_writes_croissant_metadata_that_loads_without_issues(data_di
     assert [r.id for r in md.record_sets] == [*splits, "classes"]
     for record_set in md.record_sets[:-1]:
         assert [f.name for f in record_set.fields] == ["tokens", "length", "label", "positions"]
-    # Each split's file set names exactly the files TFDS wrote for it.
-    for file_set, split in zip(md.distribution, splits):
+    # Each split's file object is exactly the file TFDS wrote for it, with its size and checksum.
+    for file_object, split in zip(md.distribution, splits):
         ((filepath, _),) = catalog.split_files(config, split, data_dir)
-        assert file_set.includes == [filepath.name] and (path / file_set.includes[0]).is_file()
+        assert file_object.content_url == filepath.name
+        assert croissant.file_digest(filepath) == (int(file_object.content_size.split()[0]), file_object.sha256)
     names = [r["classes/name"] for r in dataset.records("classes")]  # inline data: readable from any build
     assert [n.decode() if isinstance(n, bytes) else n for n in names] == list(catalog.level_of(config).classes)
 

@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from qrsu_data import interop, loaders, store
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = "hard-train300-validation100-test100"
 LONG = "hard-len5000-test100"
 
@@ -119,6 +121,20 @@ def test_torch_dataloader_with_workers_covers_the_split(data_dir):
                                            generator=torch.Generator().manual_seed(0))
     labels = torch.cat([b["label"] for b in shuffled]).numpy()
     assert sorted(labels.tolist()) == sorted(ex["label"] for ex in examples)
+
+
+def test_torch_dataloader_with_forked_workers_reads_the_split(data_dir):
+    """As the README's snippet runs it: forked workers, no JAX. Making the dataset must not open an ArrayRecord
+    reader in the parent, or the forked workers deadlock or crash when they open theirs."""
+    pytest.importorskip("torch")
+    code = ("import torch\nfrom qrsu_data import interop\n"
+            f"ds = interop.TorchDataset({CONFIG!r}, 'validation', {os.fspath(data_dir)!r})\n"
+            "loader = torch.utils.data.DataLoader(ds, batch_size=25, num_workers=2, multiprocessing_context='fork', "
+            "collate_fn=interop.torch_collate('pre', max_length=ds.max_length))\n"
+            "print(sum(len(b['label']) for b in loader))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "100"
 
 
 def test_torch_collate_pads_to_the_longest_without_max_length():
