@@ -122,7 +122,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "1.0.0": "Initial release: levels easy, normal, moderate, hard, nightmare and exp6b; "
                  "100,000 train and 10,000 test sequences each, test disjoint from train.",
         "1.1.0": "A validation split (10,000 sequences, seed stream 3), disjoint from train on every level and "
-                 "from test on every level but easy, where it draws from test's held-out fifth of the space; the "
+                 "from test on every level too large to enumerate (all standard levels but easy; on easy it draws "
+                 "from test's held-out fifth of the space); the "
                  "train and test records of the six standard configs are those of 1.0.0, unchanged. Levels of "
                  "your own (2 to 8 relevant symbols, 4 to 256 classes) by name "
                  "(len1000to1100_pos10to20_pos500to600) or JSON; a length-generalisation suite of test-only "
