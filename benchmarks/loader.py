@@ -63,7 +63,7 @@ class SeedGenerator:
     classes = ["Q", "R", "S", "U"]
 
     def __init__(self, level: str, batch_size: int, seed: int):
-        lv = task.get_level(level)
+        lv = loaders.level_of(level)  # any config name
         if lv.num_relevant != 2:
             raise ValueError(f"the seed's generator is Exp. 6a only (two relevant symbols), not {level!r}")
         # The course code's ranges are half-open (np.random.randint); the levels' are inclusive.

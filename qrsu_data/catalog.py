@@ -16,8 +16,8 @@ from qrsu_data.codec import CorruptSplitError, SplitArrays
 
 
 def level_of(config: str) -> task.Level:
-    """The task level of a config name such as ``hard`` or ``hard-train1000``; ValueError if unknown."""
-    return task.get_level(splits.SplitSpec.from_name(config).level)
+    """The task level of a config (a name such as ``hard`` or ``hard-train1000``, or JSON); ValueError if unknown."""
+    return splits.SplitSpec.parse(config).level_def
 
 
 def max_length(config: str) -> int:
@@ -26,8 +26,36 @@ def max_length(config: str) -> int:
 
 
 def num_classes(config: str) -> int:
-    """The number of classes of ``config``'s level (4, or 8 for exp6b)."""
+    """The number of classes of ``config``'s level (2 ** its number of relevant symbols: 4, 8, ... 256)."""
     return level_of(config).num_classes
+
+
+def split_names(config: str) -> tuple[str, ...]:
+    """The splits ``config`` has, in the order train / validation / test (a test-only config: just test)."""
+    return splits.SplitSpec.parse(config).splits
+
+
+def is_test_only(config: str) -> bool:
+    """Whether ``config`` has only a test split (a lengthened level of the length-generalisation suite)."""
+    return splits.SplitSpec.parse(config).test_only
+
+
+def suite(config: str, lengths: tuple[int, ...] = splits.DEFAULT_SUITE_LENGTHS) -> list[str]:
+    """The test-only configs of the length-generalisation suite of ``config``'s level (see splits.suite)."""
+    return splits.suite(splits.SplitSpec.parse(config).level, lengths)
+
+
+def check_compatible(trained_on: str, evaluated_on: str) -> None:
+    """Raises ValueError unless a model trained on one config can be evaluated on the other.
+
+    Every config shares the vocabulary (``task.SYMBOLS``), and a recurrent model reads any length; what must
+    match is the number of classes (the number of relevant symbols), so that label ids mean the same classes.
+    """
+    a, b = level_of(trained_on), level_of(evaluated_on)
+    if a.classes != b.classes:
+        raise ValueError(f"config {evaluated_on!r} has {b.num_classes} classes ({b.num_relevant} relevant symbols) "
+                         f"but the model was trained on {trained_on!r}, with {a.num_classes} ({a.num_relevant}); "
+                         f"evaluate it on a config whose level has {a.num_relevant} relevant symbols")
 
 
 def ensure_built(config: str, data_dir: str | os.PathLike | None = None, build_if_missing: bool = False) -> None:
@@ -38,7 +66,8 @@ def ensure_built(config: str, data_dir: str | os.PathLike | None = None, build_i
         store.build(config, data_dir)
         return
     raise FileNotFoundError(
-        f"dataset {store.DATASET_NAME}/{config} is not built in {store.resolve_data_dir(data_dir)}. Build it "
+        f"dataset {store.DATASET_NAME}/{store.check_config(config)} is not built in "
+        f"{store.resolve_data_dir(data_dir)}. Build it "
         f"with:\n  {store.build_command(config, data_dir)}\nor pass build_if_missing=True.")
 
 
@@ -65,7 +94,8 @@ def split_files(config: str, split: str, data_dir: str | os.PathLike | None = No
     builder = store.open_builder(config, data_dir)
     built = builder.info.splits
     if split not in built:
-        raise ValueError(f"unknown split {split!r} of config {config!r}; choose one of: {', '.join(built)}")
+        raise ValueError(f"unknown split {split!r} of config {store.check_config(config)!r}; choose one of: "
+                         f"{', '.join(built)}")
     fmt = builder.info.file_format
     if fmt is None or fmt.value != "array_record":
         raise ValueError(
@@ -114,12 +144,36 @@ def check_files(config: str, split: str, data_dir: str | os.PathLike | None = No
     return [path for path, _ in files]
 
 
+def check_sizes(config: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The files of a built split after checking that each exists and has the size its croissant.json lists;
+    CorruptSplitError otherwise. Pure Python: unlike ``check_files`` it never opens an ArrayRecord reader,
+    which in a parent process leaves forked children (DataLoader workers) deadlocking or crashing when they
+    open one."""
+    from qrsu_data import croissant
+
+    files = split_files(config, split, data_dir)
+    folder = store.dataset_dir(config, data_dir)
+    try:
+        sizes = croissant.file_sizes(folder)
+    except (FileNotFoundError, ValueError):
+        sizes = {}  # a dataset built without its metadata: only existence is checked here
+    for path, _ in files:
+        if not path.is_file():
+            raise CorruptSplitError(f"{path} is missing: the dataset folder is incomplete. Delete the config's "
+                                    f"folder and build it again.")
+        want, got = sizes.get(path.name), path.stat().st_size
+        if want is not None and want != got:
+            raise CorruptSplitError(f"{path} holds {got:,} bytes but {croissant.FILENAME} says {want:,}: the file "
+                                    f"is truncated or corrupt. Delete the config's folder and build it again.")
+    return [path for path, _ in files]
+
+
 def load_split(config: str, split: str, data_dir: str | os.PathLike | None = None) -> SplitArrays:
     """The decoded arrays of a built split, read once per process and reused while its files are unchanged."""
     files = split_files(config, split, data_dir)
     # Files' sizes and modification times are part of the key, so a rebuilt dataset is read again.
     key = tuple((os.fspath(p), n, *_stamp(p)) for p, n in files)
-    return _load_cached(config.split("-", 1)[0], store.dataset_dir(config, data_dir), key)
+    return _load_cached(level_of(config), store.dataset_dir(config, data_dir), key)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -131,7 +185,7 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(level: str, folder: Path, files: tuple[tuple[str, int, int, int], ...]) -> SplitArrays:
+def _load_cached(level: task.Level, folder: Path, files: tuple[tuple[str, int, int, int], ...]) -> SplitArrays:
     import tensorflow_datasets as tfds
 
     features = None

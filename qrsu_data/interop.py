@@ -1,6 +1,8 @@
-"""The built dataset from other frameworks: a PyTorch Dataset and collate function, a tf.data pipeline, NumPy arrays.
+"""The built dataset from other frameworks: a PyTorch Dataset and collate function, a tf.data pipeline, NumPy
+arrays, a Hugging Face ``datasets.Dataset``.
 
-PyTorch and TensorFlow are imported only when their entry point is used, so this module imports without them;
+PyTorch, TensorFlow and datasets are imported only when their entry point is used, so this module imports
+without them;
 it needs neither JAX nor Grain either (a DataLoader's forked workers then never follow a JAX import).
 Arrays and batches use the loaders' names and layout: ``tokens`` padded to the level's maximum length with
 ``pad_id`` (default ``PAD_ID`` = 255, never a token id), ``lengths`` and ``label``.
@@ -17,11 +19,12 @@ import numpy as np
 from qrsu_data import catalog, padding as padding_lib, store
 
 if TYPE_CHECKING:
+    import datasets
     import tensorflow as tf
 
 PAD_ID = padding_lib.PAD_ID
 
-__all__ = ["TorchDataset", "torch_collate", "tf_dataset", "numpy_split", "PAD_ID"]
+__all__ = ["TorchDataset", "torch_collate", "tf_dataset", "numpy_split", "hf_dataset", "PAD_ID"]
 
 
 def numpy_split(config: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
@@ -45,6 +48,21 @@ def tf_dataset(config: str, split: str = "train", *, data_dir: str | os.PathLike
                          build_if_missing=build_if_missing)
     # The decoded split is at most ~50 MB, so in-memory slices beat a per-example Python generator.
     return tf.data.Dataset.from_tensor_slices({k: arrays[k] for k in ("tokens", "lengths", "label")})
+
+
+def hf_dataset(config: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+               build_if_missing: bool = False) -> datasets.Dataset:
+    """A Hugging Face ``datasets.Dataset`` of a built split: tokens (unpadded uint8 lists), length, label
+    (a ClassLabel with the level's class names) and positions, in record order, held in memory."""
+    try:
+        import datasets  # noqa: F811 - the real import, at call time
+    except ImportError as e:
+        raise ImportError("interop.hf_dataset needs Hugging Face datasets: pip install 'qrsu[hf]'") from e
+    from qrsu_data import export
+
+    table = export.split_table(config, split, data_dir, build_if_missing=build_if_missing)
+    # The table's schema metadata holds the features (label as ClassLabel), which Dataset reads from it.
+    return datasets.Dataset(datasets.table.InMemoryTable(table), split=datasets.NamedSplit(split))
 
 
 class _TorchCollate:
@@ -82,7 +100,9 @@ def _make_torch_dataset_class() -> type:
             catalog.ensure_built(config, data_dir, build_if_missing)
             self.config, self.split = config, split
             self.path = os.fspath(store.dataset_dir(config, data_dir))
-            self.files = [path for path, _ in catalog.split_files(config, split, data_dir)]
+            # A missing or truncated file is named now, not as an opaque error inside a DataLoader worker; by
+            # its size, since opening it here would break the forked workers that then open it.
+            self.files = catalog.check_sizes(config, split, data_dir)
             self._data_dir = data_dir
             self._len = catalog.split_size(config, split, data_dir)
             self.max_length = catalog.max_length(config)  # for torch_collate(max_length=...): static shapes

@@ -26,10 +26,22 @@ import numpy as np
 
 from qrsu_data import catalog, codec, padding as padding_lib, store
 # Re-exported, so that a training pipeline finds the whole loading API here.
-from qrsu_data.catalog import ensure_built, level_of, max_length, num_classes, open_split, split_size  # noqa: F401
+from qrsu_data.catalog import (  # noqa: F401
+    check_compatible,
+    ensure_built,
+    is_test_only,
+    level_of,
+    max_length,
+    num_classes,
+    open_split,
+    split_names,
+    split_size,
+    suite,
+)
 
 __all__ = ["PAD_ID", "PADDINGS", "train_loader", "train_dataset", "eval_loader", "num_eval_batches", "split_size",
-           "max_length", "num_classes", "level_of", "open_split", "ensure_built"]
+           "split_names", "max_length", "num_classes", "level_of", "is_test_only", "suite", "check_compatible",
+           "open_split", "ensure_built"]
 
 PAD_ID = padding_lib.PAD_ID
 PADDINGS = padding_lib.PADDINGS

@@ -39,9 +39,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 
 def check_config(config: str) -> str:
-    """Returns ``config`` if it names a dataset config; raises ValueError listing the valid ones."""
-    splits.SplitSpec.from_name(config)  # a level, or a level with sizes/seed like "hard-train1000000-seed3"
-    return config
+    """The name of the config given by name or JSON (e.g. ``hard-train1000``); ValueError listing the valid forms."""
+    return splits.SplitSpec.parse(config).name
 
 
 def dataset_dir(config: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -58,13 +57,14 @@ def is_built(config: str, data_dir: str | os.PathLike | None = None) -> bool:
 
 def build_command(config: str, data_dir: str | os.PathLike | None = None) -> str:
     """The shell command that builds ``config`` into ``data_dir``."""
-    spec = splits.SplitSpec.from_name(config)
+    spec = splits.SplitSpec.parse(config)
     default = splits.SplitSpec(spec.level)
     if spec.holdout_fraction != default.holdout_fraction:
-        return (f"python -c \"from qrsu_data import store; store.build({config!r}, "
-                f"{str(resolve_data_dir(data_dir))!r})\"")
+        # No flag for it: the build command takes the whole name.
+        return f"python -m pipelines.build_dataset --config {spec.name} --data-dir {resolve_data_dir(data_dir)}"
     flags = [f"--{flag} {getattr(spec, field)}" for flag, field in
-             (("train-size", "train_size"), ("test-size", "test_size"), ("seed", "seed"))
+             (("train-size", "train_size"), ("validation-size", "validation_size"), ("test-size", "test_size"),
+              ("seed", "seed"))
              if getattr(spec, field) != getattr(default, field)]
     return " ".join([f"python -m pipelines.build_dataset --config {spec.level} "
                      f"--data-dir {resolve_data_dir(data_dir)}", *flags])
@@ -151,11 +151,8 @@ GENERATION_RATE = 30_000
 
 def estimated_bytes(spec: splits.SplitSpec) -> int:
     """About how many bytes the built files of ``spec`` take on disk."""
-    from qrsu_data import task
-
-    level = task.get_level(spec.level)
-    mean_length = sum(level.length) / 2
-    return int(sum(spec.size(s) for s in splits.SPLIT_IDS) * (mean_length + RECORD_OVERHEAD_BYTES))
+    mean_length = sum(spec.level_def.length) / 2
+    return int(sum(spec.size(s) for s in spec.splits) * (mean_length + RECORD_OVERHEAD_BYTES))
 
 
 def check_fits(spec: splits.SplitSpec, root: Path) -> None:
@@ -166,19 +163,32 @@ def check_fits(spec: splits.SplitSpec, root: Path) -> None:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if need > 0.9 * free:
-        sequences = sum(spec.size(s) for s in splits.SPLIT_IDS)
+        sequences = sum(spec.size(s) for s in spec.splits)
         hours = sequences / GENERATION_RATE / 3600
         raise ValueError(f"config {spec.name!r} holds {sequences:,} sequences, about {need / 1e9:,.1f} GB on disk "
                          f"(and about {hours:,.1f} h to generate), but {existing} has {free / 1e9:,.1f} GB free; "
-                         f"choose smaller --train-size / --test-size or another --data-dir")
+                         f"choose smaller --train-size / --validation-size / --test-size or another --data-dir")
+
+
+def spec_of(config: str, **spec_kwargs) -> splits.SplitSpec:
+    """The spec of ``config`` (a name or JSON) with the fields in ``spec_kwargs`` replaced; ValueError if invalid."""
+    spec = splits.SplitSpec.parse(config)
+    unknown = sorted(set(spec_kwargs) - ({f.name for f in dataclasses.fields(splits.SplitSpec)} - {"level"}))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid: train_size, validation_size, test_size, seed, "
+                         f"holdout_fraction")
+    return dataclasses.replace(spec, **spec_kwargs)
 
 
 def build(config: str, data_dir: str | os.PathLike | None = None, file_format: str = "array_record",
           **spec_kwargs) -> Path:
-    """Builds a config (a level or a name like ``hard-train1000``) unless already built; returns its folder."""
+    """Builds a config (a name like ``hard-train1000``, or JSON) unless already built; returns its folder.
+
+    ``spec_kwargs`` (train_size, validation_size, test_size, seed, holdout_fraction) replace the config's own.
+    """
     from qrsu_data.temporal_order import Builder
 
-    spec = dataclasses.replace(splits.SplitSpec.from_name(config), **spec_kwargs)
+    spec = spec_of(config, **spec_kwargs)
     if file_format not in FILE_FORMATS:
         raise ValueError(f"unknown file_format {file_format!r}; choose one of: {', '.join(FILE_FORMATS)}")
     root = resolve_data_dir(data_dir)
@@ -186,7 +196,7 @@ def build(config: str, data_dir: str | os.PathLike | None = None, file_format: s
         return dataset_dir(spec.name, root)
     check_fits(spec, root)
     check_writable(root)
-    # The builder resolves a config name (a level, or e.g. "hard-train1000") to its config.
+    # The builder resolves a config name (e.g. "hard-train1000") to its config.
     builder = Builder(config=spec.name, data_dir=os.fspath(root), file_format=file_format)
     version_dir = Path(builder.data_dir)
     with _build_lock(version_dir.parent):
@@ -211,6 +221,7 @@ def open_builder(config: str, data_dir: str | os.PathLike | None = None):
 
     path = dataset_dir(config, data_dir)
     if not is_built(config, data_dir):
-        raise FileNotFoundError(f"dataset {DATASET_NAME}/{config} is not built in {path.parent.parent.parent}. "
+        raise FileNotFoundError(f"dataset {DATASET_NAME}/{check_config(config)} is not built in "
+                                f"{path.parent.parent.parent}. "
                                 f"Build it with:\n  {build_command(config, data_dir)}")
     return tfds.builder_from_directory(os.fspath(path))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -26,6 +28,32 @@ _SYMBOL_TO_ID = {s: i for i, s in enumerate(SYMBOLS)}
 
 CLASSES_6A: tuple[str, ...] = ("Q", "R", "S", "U")
 CLASSES_6B: tuple[str, ...] = ("Q", "R", "S", "U", "V", "A", "B", "C")
+MIN_RELEVANT, MAX_RELEVANT = 2, 8
+"""A level holds 2 to 8 relevant symbols, hence 4 to 256 classes."""
+
+
+def class_names(num_relevant: int) -> tuple[str, ...]:
+    """The class names of a level with ``num_relevant`` relevant symbols, in label-id order.
+
+    Two: the paper's ``Q R S U``; three: its ``Q R S U V A B C``; four to eight: the relevant symbols
+    themselves in order of appearance, e.g. ``XXYX`` (label id = the X/Y string read as binary, X = 0).
+    """
+    if not MIN_RELEVANT <= num_relevant <= MAX_RELEVANT:
+        raise ValueError(f"a level holds {MIN_RELEVANT} to {MAX_RELEVANT} relevant symbols, got {num_relevant}")
+    if num_relevant == 2:
+        return CLASSES_6A
+    if num_relevant == 3:
+        return CLASSES_6B
+    return tuple(format(i, f"0{num_relevant}b").replace("0", "X").replace("1", "Y") for i in range(2 ** num_relevant))
+
+
+LEVEL_FORMS = ("a standard level ({standard}); a level of your own named "
+               "len<LO>to<HI>_pos<LO>to<HI>_pos<LO>to<HI>... (2 to 8 inclusive position ranges, 'len<N>' or "
+               "'pos<N>' for a single value; e.g. len1000to1100_pos10to20_pos500to600); or a lengthened level of "
+               "the length-generalisation suite, <level>-len<N> (lengths and positions scaled to a longest "
+               "sequence of N) or <level>-tail<N> (positions kept, the tail after the last relevant symbol "
+               "lengthened to a longest sequence of N), e.g. hard-len5000")
+"""The valid forms of a level name, for error messages (format with standard=...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,31 +64,44 @@ class Level:
     length: tuple[int, int]
     positions: tuple[tuple[int, int], ...]
     description: str = ""
+    base: str | None = None
+    """For a lengthened level of the length-generalisation suite (test-only), the level it lengthens."""
 
     def __post_init__(self):
+        # Tuples, so that a level built from lists (e.g. parsed JSON) is hashable and compares equal.
+        object.__setattr__(self, "length", tuple(self.length))
+        object.__setattr__(self, "positions", tuple(tuple(p) for p in self.positions))
         lo, hi = self.length
         if not 3 <= lo <= hi:
             raise ValueError(f"level {self.name!r}: length range {self.length} must satisfy 3 <= lo <= hi")
+        k = len(self.positions)
+        if not MIN_RELEVANT <= k <= MAX_RELEVANT:
+            raise ValueError(f"level {self.name!r} has {k} relevant position range(s); a level needs "
+                             f"{MIN_RELEVANT} to {MAX_RELEVANT} (4 to 256 classes)")
         prev_hi = 0
         for i, (plo, phi) in enumerate(self.positions):
-            if not prev_hi < plo <= phi:
-                raise ValueError(
-                    f"level {self.name!r}: position range {i} {(plo, phi)} must start after the previous "
-                    f"range (which ends at {prev_hi}) and satisfy lo <= hi")
+            if not plo <= phi:
+                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)} is unordered; "
+                                 f"write it as [lo, hi] with lo <= hi")
+            if not prev_hi < plo:
+                where = ("after the start symbol B (position 0)" if i == 0 else
+                         f"after range {i} (which ends at {prev_hi}): ranges must be in order and not overlap")
+                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)} must start {where}")
             prev_hi = phi
         if prev_hi > lo - 2:
             raise ValueError(f"level {self.name!r}: the last relevant position ({prev_hi}) must lie before the "
-                             f"end symbol of the shortest sequence (position {lo - 1})")
+                             f"end symbol of the shortest sequence (position {lo - 1}): raise the shortest length "
+                             f"to at least {prev_hi + 2} or end the last position range by {lo - 2}")
 
     @property
     def num_relevant(self) -> int:
-        """How many relevant symbols a sequence holds (2 for Exp. 6a, 3 for Exp. 6b)."""
+        """How many relevant symbols a sequence holds (2 for Exp. 6a, 3 for Exp. 6b, up to 8)."""
         return len(self.positions)
 
     @property
     def classes(self) -> tuple[str, ...]:
-        """The class names, in label-id order."""
-        return CLASSES_6A if self.num_relevant == 2 else CLASSES_6B
+        """The class names, in label-id order (see class_names)."""
+        return class_names(self.num_relevant)
 
     @property
     def num_classes(self) -> int:
@@ -79,13 +120,45 @@ class Level:
 
     def space_size(self) -> int:
         """How many distinct sequences the level can produce."""
-        n_pos = 1
-        for lo, hi in self.positions:
-            n_pos *= hi - lo + 1
         total = 0
         for length in range(self.length[0], self.length[1] + 1):
-            total += n_pos * self.num_classes * len(DISTRACTOR_IDS) ** (length - 2 - self.num_relevant)
+            total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
         return total
+
+    def space_at_most(self, limit: int) -> bool:
+        """Whether the level produces at most ``limit`` distinct sequences (without summing a huge space)."""
+        total = 0
+        for length in range(self.length[0], self.length[1] + 1):
+            if self.free_cells(length) > limit.bit_length():  # 4^m alone exceeds the limit
+                return False
+            total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
+            if total > limit:
+                return False
+        return True
+
+    def position_choices(self) -> int:
+        """How many combinations of relevant positions the level allows."""
+        n = 1
+        for lo, hi in self.positions:
+            n *= hi - lo + 1
+        return n
+
+    def free_cells(self, length: int) -> int:
+        """Distractor cells of a sequence of ``length`` (all but B, E and the relevant symbols)."""
+        return length - 2 - self.num_relevant
+
+    def to_json(self) -> dict:
+        """The level's ranges as JSON-ready lists: {"length": [lo, hi], "positions": [[lo, hi], ...]}."""
+        return {"length": list(self.length), "positions": [list(p) for p in self.positions]}
+
+    def summary(self) -> str:
+        """A one-line account of the ranges, e.g. ``length 100-110, t1 10-20, t2 50-60, 4 classes``."""
+        ranges = ", ".join(f"t{i + 1} {_span(p)}" for i, p in enumerate(self.positions))
+        return f"length {_span(self.length)}, {ranges}, {self.num_classes} classes"
+
+
+def _span(r: tuple[int, int]) -> str:
+    return f"{r[0]}" if r[0] == r[1] else f"{r[0]}-{r[1]}"
 
 
 LEVELS: dict[str, Level] = {
@@ -100,15 +173,169 @@ LEVELS: dict[str, Level] = {
               "The 1997 paper's Experiment 6b: three relevant symbols, eight classes."),
     )
 }
-"""Every level by name, in order of difficulty (exp6b last)."""
+"""The six standard levels by name, in order of difficulty (exp6b last). Any other level is named by its
+ranges (``custom_level``) or lengthens one (``scaled_level``, ``tail_level``); ``get_level`` resolves every name."""
+
+SUITE_KINDS: tuple[str, ...] = ("len", "tail")
+"""The lengthenings of the length-generalisation suite: ``len`` scales lengths and positions, ``tail`` only
+lengthens the part after the last relevant symbol."""
+
+
+def _range_name(prefix: str, r: tuple[int, int]) -> str:
+    return f"{prefix}{r[0]}" if r[0] == r[1] else f"{prefix}{r[0]}to{r[1]}"
+
+
+def level_name(length: tuple[int, int], positions: Sequence[tuple[int, int]]) -> str:
+    """The name of the level with these ranges: a standard level's name, else one such as
+    ``len1000to1100_pos10to20_pos500to600``."""
+    length, positions = tuple(length), tuple(tuple(p) for p in positions)
+    for lv in LEVELS.values():
+        if lv.length == length and lv.positions == positions:
+            return lv.name
+    return "_".join([_range_name("len", length), *(_range_name("pos", p) for p in positions)])
+
+
+def _as_range(value, what: str) -> tuple[int, int]:
+    """``[lo, hi]`` (or a single int n, meaning [n, n]) as a tuple of two ints; ValueError otherwise."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if is_int(value):
+        return int(value), int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{what} must be [lo, hi] (two integers) or one integer, got {value!r}")
+
+
+def custom_level(length, positions) -> Level:
+    """The level with these inclusive ranges (``[lo, hi]`` or one int each), named by ``level_name``."""
+    length = _as_range(length, "length")
+    if not isinstance(positions, (list, tuple)):
+        raise ValueError(f"positions must be a list of 2 to 8 ranges [lo, hi], got {positions!r}")
+    positions = tuple(_as_range(p, f"position range {i + 1}") for i, p in enumerate(positions))
+    name = level_name(length, positions)
+    if name in LEVELS:
+        return LEVELS[name]
+    return Level(name, length, positions)
+
+
+LEVEL_JSON_KEYS = ("length", "positions")
+
+
+def level_from_json(spec: str | dict) -> Level:
+    """The level of JSON such as ``{"length": [1000, 1100], "positions": [[10, 20], [500, 600]]}``."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"level JSON {spec!r} does not parse ({e.msg} at character {e.pos}); write it as "
+                             f'{{"length": [1000, 1100], "positions": [[10, 20], [500, 600]]}}') from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"level JSON must be an object with keys {', '.join(LEVEL_JSON_KEYS)}, got {spec!r}")
+    unknown = sorted(set(spec) - set(LEVEL_JSON_KEYS))
+    missing = [k for k in LEVEL_JSON_KEYS if k not in spec]
+    if unknown or missing:
+        raise ValueError(f"level JSON needs exactly the keys {', '.join(LEVEL_JSON_KEYS)} (the name follows from "
+                         f"the ranges); unknown: {unknown or 'none'}, missing: {missing or 'none'}")
+    return custom_level(spec["length"], spec["positions"])
+
+
+def _round_ratio(a: int, num: int, den: int) -> int:
+    """a * num / den rounded half up, in exact integer arithmetic (so the same on every machine)."""
+    return (2 * a * num + den) // (2 * den)
+
+
+def scaled_level(level: Level | str, max_length: int) -> Level:
+    """``level`` with lengths and positions scaled so its longest sequence is ``max_length`` (``<level>-len<N>``)."""
+    return _lengthened(level, "len", max_length)
+
+
+def tail_level(level: Level | str, max_length: int) -> Level:
+    """``level`` with positions kept, lengths shifted so its longest sequence is ``max_length`` (``<level>-tail<N>``)."""
+    return _lengthened(level, "tail", max_length)
+
+
+def _lengthened_ranges(level: Level, kind: str, n: int) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]]:
+    lo, hi = level.length
+    if kind == "len":
+        return (_round_ratio(lo, n, hi), n), tuple((_round_ratio(a, n, hi), _round_ratio(b, n, hi))
+                                                   for a, b in level.positions)
+    return (lo + n - hi, n), level.positions
+
+
+def shortest_suite_length(level: Level | str, kind: str) -> int:
+    """The smallest N for which ``<level>-<kind><N>`` is valid: every sequence longer than any of ``level``."""
+    level = get_level(level) if isinstance(level, str) else level
+    if kind == "tail":
+        return 2 * level.length[1] - level.length[0] + 1
+    n = level.length[1] + 1
+    while _lengthened_ranges(level, "len", n)[0][0] <= level.length[1]:
+        n += 1
+    return n
+
+
+def _lengthened(level: Level | str, kind: str, n: int) -> Level:
+    level = get_level(level) if isinstance(level, str) else level
+    if kind not in SUITE_KINDS:
+        raise ValueError(f"unknown lengthening {kind!r}; choose one of: {', '.join(SUITE_KINDS)}")
+    if level.base is not None:
+        raise ValueError(f"level {level.name!r} is already lengthened; lengthen {level.base!r} instead")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"the longest length of {level.name}-{kind}<N> must be an integer, got {n!r}")
+    name = f"{level.name}-{kind}{n}"
+    least = shortest_suite_length(level, kind)
+    if n < least:
+        raise ValueError(f"level {name!r}: every sequence of a lengthened level must be longer than the longest "
+                         f"of {level.name!r} ({level.length[1]}), so that none is one of its sequences; choose "
+                         f"N >= {least}")
+    length, positions = _lengthened_ranges(level, kind, int(n))
+    how = (f"lengths and relevant positions scaled by {n}/{level.length[1]}" if kind == "len" else
+           "relevant positions kept, the tail after the last one lengthened")
+    return Level(name, length, positions, f"{level.name!r} lengthened to a longest sequence of {n} ({how}); "
+                 f"test only.", base=level.name)
+
+
+def _parse_range(token: str, prefix: str) -> tuple[int, int] | None:
+    m = re.fullmatch(rf"{prefix}(\d+)(?:to(\d+))?", token)
+    if m is None:
+        return None
+    lo = int(m.group(1))
+    return lo, int(m.group(2)) if m.group(2) is not None else lo
+
+
+def _unknown_level(name, why: str = "") -> ValueError:
+    forms = LEVEL_FORMS.format(standard=", ".join(LEVELS))
+    return ValueError(f"unknown level {name!r}{why}; choose one of: {forms}")
+
+
+def _base_level(name: str) -> Level:
+    if name in LEVELS:
+        return LEVELS[name]
+    tokens = name.split("_")
+    length = _parse_range(tokens[0], "len")
+    positions = [_parse_range(t, "pos") for t in tokens[1:]]
+    if length is None or any(p is None for p in positions):
+        raise _unknown_level(name)
+    level = custom_level(length, positions)  # ValueError naming a bad range
+    if level.name != name:
+        # One name per level, so that one level never lives in two dataset folders.
+        raise _unknown_level(name, f" (that level is named {level.name!r}; use that name)")
+    return level
 
 
 def get_level(name: str) -> Level:
-    """Returns the level called ``name``; raises ValueError naming the valid levels otherwise."""
-    try:
+    """The level called ``name`` (standard, of your own, or lengthened); ValueError naming the valid forms."""
+    if not isinstance(name, str):
+        raise _unknown_level(name)
+    if name in LEVELS:
         return LEVELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown level {name!r}; choose one of: {', '.join(LEVELS)}") from None
+    base, sep, modifier = name.partition("-")
+    if not sep:
+        return _base_level(name)
+    m = re.fullmatch(r"(len|tail)([1-9]\d*)", modifier)
+    if m is None:
+        raise _unknown_level(name, f" ({modifier!r} is not a lengthening len<N> or tail<N>)")
+    return _lengthened(_base_level(base), m.group(1), int(m.group(2)))
 
 
 @dataclasses.dataclass
@@ -195,8 +422,9 @@ def check_sequence(tokens: Sequence[int] | np.ndarray, level: Level | str | None
         for p, (lo, hi) in zip(positions, level.positions):
             if not lo <= p <= hi:
                 raise ValueError(f"relevant position {p} is outside level {level.name!r}'s ranges {level.positions}")
-    elif len(positions) not in (2, 3):
-        raise ValueError(f"a sequence needs 2 or 3 relevant symbols (X or Y), found {len(positions)}")
+    elif not MIN_RELEVANT <= len(positions) <= MAX_RELEVANT:
+        raise ValueError(f"a sequence needs {MIN_RELEVANT} to {MAX_RELEVANT} relevant symbols (X or Y), "
+                         f"found {len(positions)}")
     return label_of([int(tokens[p]) for p in positions]), positions
 
 
@@ -238,29 +466,35 @@ def one_hot_labels(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.n
 
 
 def enumerate_space(level: Level | str) -> Batch:
-    """Every distinct sequence of a small level (easy has 5,120), in a fixed canonical order."""
+    """Every distinct sequence of a small level (easy has 5,120), in a fixed canonical order.
+
+    The order: by length, then positions (lexicographic), then label, then distractor fill (lexicographic,
+    the last cell varying fastest); splits.heldout_keys depends on it.
+    """
     level = get_level(level) if isinstance(level, str) else level
-    size = level.space_size()
-    if size > 1_000_000:
-        raise ValueError(f"level {level.name!r} holds {size:.3g} distinct sequences: too many to enumerate")
-    k = level.num_relevant
-    toks, lens, poss, labs = [], [], [], []
+    if not level.space_at_most(1_000_000):
+        raise ValueError(f"level {level.name!r} holds over 1,000,000 distinct sequences: too many to enumerate")
+    k, n_classes = level.num_relevant, level.num_classes
+    labels_of_block, toks, lens, poss, labs = None, [], [], [], []
     for length in range(level.length[0], level.length[1] + 1):
+        m = level.free_cells(length)
+        # Every distractor fill in lexicographic order: row-major digits of 0 .. 4^m - 1.
+        fills = (np.indices((len(DISTRACTOR_IDS),) * m).reshape(m, -1).T if m else np.zeros((1, 0), np.int64))
+        fills = (fills + DISTRACTOR_IDS[0]).astype(np.uint8)
+        labels_of_block = np.repeat(np.arange(n_classes, dtype=np.int32), len(fills))
         for pos in itertools.product(*[range(lo, hi + 1) for lo, hi in level.positions]):
             free = [p for p in range(1, length - 1) if p not in pos]
-            for label in range(level.num_classes):
-                for fill in itertools.product(DISTRACTOR_IDS, repeat=len(free)):
-                    row = np.full(level.max_length, PAD_ID, np.uint8)
-                    row[0], row[length - 1] = START, END
-                    row[free] = fill
-                    for j, p in enumerate(pos):
-                        row[p] = X + ((label >> (k - 1 - j)) & 1)
-                    toks.append(row)
-                    lens.append(length)
-                    poss.append(pos)
-                    labs.append(label)
-    return Batch(np.stack(toks), np.array(lens, np.int32), np.array(poss, np.int32).reshape(-1, k),
-                 np.array(labs, np.int32))
+            block = np.full((len(labels_of_block), level.max_length), PAD_ID, np.uint8)
+            block[:, 0], block[:, length - 1] = START, END
+            block[:, free] = np.tile(fills, (n_classes, 1))
+            for j, p in enumerate(pos):
+                block[:, p] = X + ((labels_of_block >> (k - 1 - j)) & 1)
+            toks.append(block)
+            lens.append(np.full(len(block), length, np.int32))
+            poss.append(np.tile(np.array(pos, np.int32), (len(block), 1)))
+            labs.append(labels_of_block)
+    return Batch(np.concatenate(toks), np.concatenate(lens), np.concatenate(poss).reshape(-1, k),
+                 np.concatenate(labs))
 
 
 def sequence_keys(batch: Batch) -> list[bytes]:

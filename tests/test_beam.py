@@ -15,8 +15,8 @@ from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 beam = pytest.importorskip("apache_beam")
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = "hard-train25000-test500"
-SIZES = {"train": 25_000, "test": 500}
+CONFIG = "hard-train25000-validation500-test500"
+SIZES = {"train": 25_000, "validation": 500, "test": 500}
 DIRECT_RUNNER = ["--runner=DirectRunner"]
 
 
@@ -55,6 +55,11 @@ def test_beam_in_one_process_gives_the_in_process_records(tmp_path, in_process):
     assert path == store.dataset_dir(CONFIG, tmp_path)
     assert store.is_built(CONFIG, tmp_path)
     _assert_same_dataset(in_process, path, SIZES)
+    # The Croissant metadata is written on Beam too, and names the files TFDS's Beam writer made.
+    doc = json.loads((path / "croissant.json").read_text())
+    listed = {d["contentUrl"]: int(d["contentSize"].split()[0]) for d in doc["distribution"]
+              if d["@type"] == "cr:FileObject"}
+    assert listed == {p.name: p.stat().st_size for p in path.glob("*.array_record*")}
 
 
 def test_max_examples_per_split_on_beam_builds_in_process(tmp_path):
@@ -74,7 +79,7 @@ def test_config_family_by_name_and_by_kwargs():
     builder = Builder(config="nightmare-train10000000", data_dir="/nonexistent")
     assert builder.builder_config.name == "nightmare-train10000000"
     assert builder.builder_config.spec == splits.SplitSpec("nightmare", train_size=10_000_000)
-    assert builder.data_dir.endswith("temporal_order/nightmare-train10000000/1.0.0")
+    assert builder.data_dir.endswith("temporal_order/nightmare-train10000000/1.1.0")
     # What `tfds build --config '{"level": "nightmare", "train_size": 10000000}'` constructs: the same config.
     kwargs = json.loads('{"level": "nightmare", "train_size": 10000000}')
     by_kwargs = Builder(config=Builder.builder_config_cls(**kwargs), data_dir="/nonexistent")
@@ -83,13 +88,25 @@ def test_config_family_by_name_and_by_kwargs():
     # Kwargs that name a registered config give the registered config (TFDS would refuse a look-alike).
     assert Builder(config=TemporalOrderConfig(level="easy")).builder_config is Builder.builder_configs["easy"]
     assert Builder(config="easy").builder_config is Builder.builder_configs["easy"]
-    with pytest.raises(ValueError, match="unknown config 'nightmare-train'; choose one of: easy"):
+    with pytest.raises(ValueError, match=r"unknown config 'nightmare-train' \('train' is not a suffix.*choose one "
+                                         r"of: easy"):
         Builder(config="nightmare-train")
+    # A level of your own, by JSON (what `tfds build --config '{...}'` passes) or by name: one config.
+    four = {"length": [30, 40], "positions": [[2, 4], [8, 10], [14, 16], [20, 22]], "test_size": 100}
+    by_json = Builder(config=Builder.builder_config_cls(**four), data_dir="/nonexistent")
+    by_name = Builder(config="len30to40_pos2to4_pos8to10_pos14to16_pos20to22-test100", data_dir="/nonexistent")
+    assert by_json.builder_config.spec == by_name.builder_config.spec and by_json.data_dir == by_name.data_dir
+    assert Builder(config=json.dumps(four), data_dir="/nonexistent").data_dir == by_name.data_dir
+    assert by_name.info.features["label"].num_classes == 16
+    with pytest.raises(ValueError, match=r"ranges must be in order and not overlap"):
+        Builder.builder_config_cls(length=[30, 40], positions=[[2, 9], [8, 10]])
 
 
 def test_tfds_cli_on_two_worker_processes_gives_the_in_process_records(tmp_path, in_process):
     """A config named by its sizes, on two Beam worker processes: the in-process records, whatever the workers."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # `tfds` runs from its own bin folder: put this checkout's packages first (not another installed copy).
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([os.fspath(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     # `tfds build` imports the builder from its file; Beam's worker processes must still find the generator.
     res = subprocess.run(["tfds", "build", "qrsu_data/temporal_order", "--config", CONFIG, "--file_format",
                           "array_record", "--data_dir", os.fspath(tmp_path), "--beam_pipeline_options",

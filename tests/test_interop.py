@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +12,21 @@ import tensorflow_datasets as tfds
 
 from qrsu_data import interop, loaders, store
 
-CONFIG = "hard-train300-test100"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "hard-train300-validation100-test100"
+LONG = "hard-len5000-test100"
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    store.build("hard", d, train_size=300, test_size=100)
+    store.build(CONFIG, d)
+    store.build(LONG, d)
     return d
 
 
-def _examples(data_dir, split):
-    src = tfds.builder_from_directory(os.fspath(store.dataset_dir(CONFIG, data_dir))).as_data_source()[split]
+def _examples(data_dir, split, config=CONFIG):
+    src = tfds.builder_from_directory(os.fspath(store.dataset_dir(config, data_dir))).as_data_source()[split]
     return [src[i] for i in range(len(src))]
 
 
@@ -48,6 +52,33 @@ def test_numpy_split_holds_every_example(data_dir, padding, pad_id):
     assert loaders.open_split(CONFIG, "train", data_dir).tokens[0, 0] == 6
 
 
+@pytest.mark.parametrize("config, split, shape", [(CONFIG, "validation", (100, 110)), (LONG, "test", (100, 5000))])
+def test_numpy_split_of_any_split_and_length(data_dir, config, split, shape):
+    arrays = interop.numpy_split(config, split, data_dir=data_dir, padding="post")
+    assert arrays["tokens"].shape == shape
+    _check_padded(arrays["tokens"], arrays["lengths"], arrays["label"], _examples(data_dir, split, config), "post",
+                  interop.PAD_ID)
+
+
+def test_hf_dataset_holds_the_split_with_class_names(data_dir):
+    datasets = pytest.importorskip("datasets")
+    for config, split in ((CONFIG, "validation"), (CONFIG, "train"), (LONG, "test")):
+        ds = interop.hf_dataset(config, split, data_dir=data_dir)
+        assert isinstance(ds, datasets.Dataset) and str(ds.split) == split
+        assert ds.features["label"] == datasets.ClassLabel(names=["Q", "R", "S", "U"])
+        assert str(ds.data.schema.field("tokens").type) == "list<item: uint8>"  # one byte a token, in memory too
+        examples = _examples(data_dir, split, config)
+        assert len(ds) == len(examples)
+        got = ds.with_format("numpy")
+        for i, ex in enumerate(examples):
+            row = got[i]
+            assert np.array_equal(row["tokens"], ex["tokens"])
+            assert row["length"] == ex["length"] and row["label"] == ex["label"]
+            assert np.array_equal(row["positions"], ex["positions"])
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        interop.hf_dataset(CONFIG, "dev", data_dir=data_dir)
+
+
 def test_numpy_split_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown padding"):
         interop.numpy_split(CONFIG, data_dir=data_dir, padding="middle")
@@ -56,7 +87,7 @@ def test_numpy_split_errors(data_dir, tmp_path):
 
 
 def test_module_imports_without_torch_tensorflow_jax_or_grain():
-    code = ("import sys\nfor m in ('torch', 'tensorflow', 'jax', 'grain'):\n    sys.modules[m] = None\n"
+    code = ("import sys\nfor m in ('torch', 'tensorflow', 'jax', 'grain', 'datasets'):\n    sys.modules[m] = None\n"
             "from qrsu_data import interop\n"
             "try:\n    interop.TorchDataset\nexcept ImportError:\n    print('no torch')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -90,6 +121,20 @@ def test_torch_dataloader_with_workers_covers_the_split(data_dir):
                                            generator=torch.Generator().manual_seed(0))
     labels = torch.cat([b["label"] for b in shuffled]).numpy()
     assert sorted(labels.tolist()) == sorted(ex["label"] for ex in examples)
+
+
+def test_torch_dataloader_with_forked_workers_reads_the_split(data_dir):
+    """As the README's snippet runs it: forked workers, no JAX. Making the dataset must not open an ArrayRecord
+    reader in the parent, or the forked workers deadlock or crash when they open theirs."""
+    pytest.importorskip("torch")
+    code = ("import torch\nfrom qrsu_data import interop\n"
+            f"ds = interop.TorchDataset({CONFIG!r}, 'validation', {os.fspath(data_dir)!r})\n"
+            "loader = torch.utils.data.DataLoader(ds, batch_size=25, num_workers=2, multiprocessing_context='fork', "
+            "collate_fn=interop.torch_collate('pre', max_length=ds.max_length))\n"
+            "print(sum(len(b['label']) for b in loader))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "100"
 
 
 def test_torch_collate_pads_to_the_longest_without_max_length():

@@ -12,9 +12,12 @@ from array_record.python import array_record_module
 from qrsu_data import catalog, codec, loaders, splits, store, task
 from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 
-SIZES = {"train_size": 1000, "test_size": 250}
-HARD = "hard-train1000-test250"
-EXP6B = "exp6b-train1000-test250"
+SIZES = {"train_size": 1000, "validation_size": 200, "test_size": 250}
+HARD = "hard-train1000-validation200-test250"
+EXP6B = "exp6b-train1000-validation200-test250"
+# The length-generalisation suite at length 5,000 (test-only), and a level of your own with 4 relevant symbols.
+LONG = ("hard-len5000-test300", "hard-tail5000-test300")
+FOUR = "len30to40_pos2to4_pos8to10_pos14to16_pos20to22-train500-validation100-test100"
 ONE_SHARD = {"shard_index": 0, "shard_count": 1}
 
 
@@ -23,6 +26,8 @@ def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     store.build("hard", d, **SIZES)
     store.build("exp6b", d, **SIZES)
+    for config in (*LONG, FOUR):
+        store.build(config, d)
     return d
 
 
@@ -100,6 +105,55 @@ def test_exp6b_labels_and_positions_round_trip(data_dir):
     assert np.array_equal(arrays.labels, expected.labels) and np.array_equal(arrays.lengths, expected.lengths)
     assert np.array_equal(arrays.positions, expected.positions)
     assert np.array_equal(arrays.tokens, expected.tokens)  # both post-padded with 255
+
+
+def test_validation_split_is_served_like_any_other(data_dir):
+    assert loaders.split_names(HARD) == ("train", "validation", "test")
+    assert loaders.split_size(HARD, "validation", data_dir) == 200
+    expected = splits.split_examples(splits.SplitSpec("hard", **SIZES), "validation")
+    batches = list(loaders.eval_loader(HARD, "validation", batch_size=64, data_dir=data_dir, padding="post",
+                                       **ONE_SHARD))
+    tokens = np.concatenate([b["tokens"][b["mask"]] for b in batches])
+    assert len(tokens) == 200 and np.array_equal(tokens, expected.tokens.astype(np.int32))
+    batch = next(loaders.train_loader(HARD, split="validation", batch_size=50, seed=0, data_dir=data_dir, **ONE_SHARD))
+    assert batch["tokens"].shape == (50, 110)
+
+
+@pytest.mark.parametrize("config", LONG)
+def test_the_suite_loads_at_length_5000(data_dir, config):
+    """No per-level assumption in the loaders: 5,000-step batches of a test-only config, records as generated."""
+    spec = splits.SplitSpec.parse(config)
+    assert loaders.split_names(config) == ("test",) and loaders.max_length(config) == 5000
+    assert loaders.num_classes(config) == 4 and loaders.level_of(config).base == "hard"
+    expected = splits.split_examples(spec, "test")
+    batches = list(loaders.eval_loader(config, batch_size=128, data_dir=data_dir, **ONE_SHARD))
+    assert [b["tokens"].shape for b in batches] == [(128, 5000)] * 3
+    tokens = np.concatenate([b["tokens"][b["mask"]] for b in batches])
+    lengths = np.concatenate([b["lengths"][b["mask"]] for b in batches])
+    assert np.array_equal(lengths, expected.lengths) and (lengths >= spec.level_def.length[0]).all()
+    assert (tokens[:, -1] == task.END).all()  # pre-padded: every sequence ends at the last step
+    for row, n, seq in zip(tokens, lengths, expected.sequences()):
+        assert np.array_equal(row[5000 - n:], seq)
+
+
+def test_a_level_of_your_own_with_four_relevant_symbols_loads(data_dir):
+    assert loaders.num_classes(FOUR) == 16 and loaders.max_length(FOUR) == 40
+    arrays = loaders.open_split(FOUR, "train", data_dir)
+    for seq_tokens, n, label, pos in zip(arrays.tokens, arrays.lengths, arrays.labels, arrays.positions):
+        assert task.check_sequence(seq_tokens[:n], loaders.level_of(FOUR)) == (label, list(pos))
+    assert len(set(arrays.labels.tolist())) == 16
+
+
+def test_configs_are_compatible_when_their_classes_are():
+    from qrsu_data import catalog
+
+    catalog.check_compatible("hard", "hard-len5000")
+    catalog.check_compatible("hard-train1000", "len1000to1100_pos10to20_pos500to600-tail5000")
+    with pytest.raises(ValueError, match=r"config 'exp6b-len1000' has 8 classes \(3 relevant symbols\) but the "
+                                         r"model was trained on 'hard', with 4"):
+        catalog.check_compatible("hard", "exp6b-len1000")
+    assert catalog.suite("hard-train1000") == splits.suite("hard")
+    assert catalog.is_test_only("hard-tail500") and not catalog.is_test_only("hard")
 
 
 # --- shuffling and epochs ---------------------------------------------------------------------------------------
@@ -312,10 +366,15 @@ def test_files_of_tfds_generic_writer_decode_as_tfds_does(tmp_path):
 
 def test_unknown_config_split_padding_and_sizes_are_named(data_dir):
     kw = dict(batch_size=32, seed=0, data_dir=data_dir, **ONE_SHARD)
-    with pytest.raises(ValueError, match=r"unknown config 'impossible'; choose one of: easy, normal"):
+    with pytest.raises(ValueError, match=r"unknown config 'impossible' \(unknown level 'impossible'\); choose one "
+                                         r"of: easy, normal"):
         loaders.train_loader("impossible", **kw)
-    with pytest.raises(ValueError, match=r"unknown split 'validation' .*choose one of: train, test"):
-        loaders.train_loader(HARD, split="validation", **kw)
+    with pytest.raises(ValueError, match=r"unknown split 'dev' of config 'hard-train1000-validation200-test250'; "
+                                         r"choose one of: train, validation, test"):
+        loaders.train_loader(HARD, split="dev", **kw)
+    with pytest.raises(ValueError, match=r"unknown split 'train' of config 'hard-len5000-test300'; choose one of: "
+                                         r"test"):
+        loaders.train_loader(LONG[0], **kw)
     with pytest.raises(ValueError, match=r"unknown split 'dev'"):
         loaders.eval_loader(HARD, "dev", batch_size=8, data_dir=data_dir)
     with pytest.raises(ValueError, match=r"unknown padding 'left'; choose one of: pre, post"):

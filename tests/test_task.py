@@ -1,5 +1,8 @@
 """The task specification: vocabulary, levels, generator, encodings."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -118,7 +121,8 @@ def test_encode_decode_roundtrip():
 @pytest.mark.parametrize("text, message", [
     ("aXbYE", "start with 'B'"),
     ("BXaBYE", "only appear at the start and the end"),
-    ("BaXbcdE", "2 or 3 relevant symbols"),
+    ("BaXbcdE", "2 to 8 relevant symbols"),
+    ("BXXXXXXXXXE", "2 to 8 relevant symbols"),
 ])
 def test_check_sequence_rejects_malformed(text, message):
     with pytest.raises(ValueError, match=message):
@@ -137,3 +141,133 @@ def test_one_hot_matches_seed_layout():
     assert y.tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
     with pytest.raises(ValueError, match="padded_length"):
         task.one_hot(seqs, 5)
+
+
+# --- levels of your own, the name scheme, the length-generalisation suite ------------------------------------------
+
+def test_class_names_follow_the_documented_scheme():
+    assert task.class_names(2) == task.CLASSES_6A and task.class_names(3) == task.CLASSES_6B
+    four = task.class_names(4)
+    assert len(four) == 16 and four[:3] == ("XXXX", "XXXY", "XXYX") and four[-1] == "YYYY"
+    assert len(set(task.class_names(8))) == 256 and task.class_names(8)[5] == "XXXXXYXY"
+    for k in (1, 9):
+        with pytest.raises(ValueError, match="2 to 8 relevant symbols"):
+            task.class_names(k)
+
+
+def test_four_relevant_symbols_generate_labelled_by_their_order():
+    lv = task.get_level("len30to40_pos2to4_pos8to10_pos14to16_pos20to22")
+    assert lv.num_classes == 16 and lv.classes == task.class_names(4)
+    batch = task.generate(lv, 500, np.random.default_rng(0))
+    for seq, label, pos in zip(batch.sequences(), batch.labels, batch.positions):
+        assert task.check_sequence(seq, lv) == (label, list(pos))
+        assert lv.classes[label] == "".join(task.SYMBOLS[seq[p]] for p in pos)
+
+
+@pytest.mark.parametrize("name, length, positions", [
+    ("len1000to1100_pos10to20_pos500to600", (1000, 1100), ((10, 20), (500, 600))),
+    ("len9_pos1_pos3_pos5_pos7", (9, 9), ((1, 1), (3, 3), (5, 5), (7, 7))),
+    ("len20to30_pos1to2_pos4_pos6to8", (20, 30), ((1, 2), (4, 4), (6, 8))),
+])
+def test_custom_level_names_and_json_round_trip(name, length, positions):
+    lv = task.get_level(name)
+    assert (lv.name, lv.length, lv.positions, lv.base) == (name, length, positions, None)
+    assert task.level_name(length, positions) == name
+    assert task.level_from_json(json.dumps(lv.to_json())) == lv
+    assert task.custom_level(list(length), [list(p) for p in positions]) == lv
+    assert re.fullmatch(r"[\w+\-.]+", name)  # a valid TFDS config name
+
+
+def test_a_custom_level_with_the_ranges_of_a_standard_level_is_that_level():
+    assert task.level_from_json('{"length": [100, 110], "positions": [[10, 20], [50, 60]]}') is task.LEVELS["hard"]
+    with pytest.raises(ValueError, match="that level is named 'hard'; use that name"):
+        task.get_level("len100to110_pos10to20_pos50to60")
+    with pytest.raises(ValueError, match="that level is named 'len10_pos1_pos3'"):
+        task.get_level("len010_pos1_pos3")
+    with pytest.raises(ValueError, match="that level is named 'len9_pos1_pos3'"):
+        task.get_level("len9to9_pos1_pos3")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ('{"length": [10, 20], "positions": [[1, 2]]}', r"has 1 relevant position range\(s\); a level needs 2 to 8"),
+    ('{"length": [30, 40], "positions": [[1,1],[2,2],[3,3],[4,4],[5,5],[6,6],[7,7],[8,8],[9,9]]}',
+     r"has 9 relevant position range\(s\); a level needs 2 to 8 \(4 to 256 classes\)"),
+    ('{"length": [10, 20], "positions": [[1, 5], [5, 6]]}', r"range 2 \(5, 6\) must start after range 1 .*not overlap"),
+    ('{"length": [10, 20], "positions": [[5, 6], [1, 2]]}', r"range 2 \(1, 2\) must start after range 1 .*in order"),
+    ('{"length": [10, 20], "positions": [[4, 2], [6, 7]]}', r"range 1 \(4, 2\) is unordered"),
+    ('{"length": [10, 20], "positions": [[0, 2], [6, 7]]}', r"must start after the start symbol B"),
+    ('{"length": [10, 20], "positions": [[1, 2], [6, 9]]}', r"last relevant position \(9\) must lie before the end "
+                                                            r"symbol of the shortest sequence \(position 9\)"),
+    ('{"length": [20, 10], "positions": [[1, 2], [4, 5]]}', r"length range \(20, 10\) must satisfy 3 <= lo <= hi"),
+    ('{"length": [10, 20], "positions": [[1, "a"], [4, 5]]}', r"position range 1 must be \[lo, hi\]"),
+    ('{"length": [10, 20]}', r"needs exactly the keys length, positions.*missing: \['positions'\]"),
+    ('{"length": [10, 20], "positions": [[1, 2], [4, 5]], "name": "mine"}', r"unknown: \['name'\]"),
+    ('{"length": [10, 20], ', r"does not parse"),
+    ('[10, 20]', r"must be an object with keys length, positions"),
+])
+def test_bad_levels_are_refused_naming_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        task.level_from_json(spec)
+
+
+def test_unknown_level_names_list_every_valid_form():
+    for name in ("medium", "hard-foo", "len", "len10_pos1_posX", "hard-len5000-tail6000", "hard-len0"):
+        with pytest.raises(ValueError, match=r"unknown level .*choose one of: a standard level \(easy, normal, "
+                                             r"moderate, hard, nightmare, exp6b\); a level of your own named "
+                                             r"len<LO>to<HI>_pos.*<level>-len<N>.*<level>-tail<N>"):
+            task.get_level(name)
+
+
+def test_scaled_level_keeps_the_positions_fractions_of_the_sequence():
+    lv = task.get_level("hard-len5000")
+    assert lv.name == "hard-len5000" and lv.base == "hard" and lv.max_length == 5000
+    # hard: length 100-110, t1 10-20, t2 50-60; scaled by 5000/110, rounded half up.
+    assert lv.length == (4545, 5000) and lv.positions == ((455, 909), (2273, 2727))
+    assert task.scaled_level("hard", 5000) == lv
+    for (a, b), (sa, sb) in zip(task.LEVELS["hard"].positions, lv.positions):
+        assert abs(sa / 5000 - a / 110) < 1e-3 and abs(sb / 5000 - b / 110) < 1e-3
+    assert task.get_level("exp6b-len1000").positions == ((91, 182), (300, 391), (600, 691))
+
+
+def test_tail_level_keeps_the_positions_and_lengthens_the_tail():
+    lv = task.get_level("hard-tail5000")
+    assert lv.length == (4990, 5000) and lv.positions == task.LEVELS["hard"].positions and lv.base == "hard"
+    custom = task.get_level("len1000to1100_pos10to20_pos500to600-tail5000")
+    assert custom.length == (4900, 5000) and custom.positions == ((10, 20), (500, 600))
+
+
+def test_lengthened_levels_must_be_longer_than_their_base():
+    assert task.shortest_suite_length("hard", "len") == 122  # round(100 * 122 / 110) = 111 > 110
+    assert task.shortest_suite_length("hard", "tail") == 121
+    task.get_level("hard-len122")
+    with pytest.raises(ValueError, match=r"longer than the longest of 'hard' \(110\).*choose N >= 122"):
+        task.get_level("hard-len121")
+    with pytest.raises(ValueError, match="choose N >= 121"):
+        task.get_level("hard-tail120")
+    with pytest.raises(ValueError, match="already lengthened; lengthen 'hard' instead"):
+        task.scaled_level("hard-len5000", 6000)
+
+
+def test_enumerate_space_keeps_its_canonical_order():
+    """The vectorised enumeration yields exactly the order of the original nested loops (the held-out partition
+    of easy, hence its records, depends on it)."""
+    import itertools
+
+    lv = task.get_level("len6to7_pos1_pos3to4")
+    rows = []
+    for length in range(lv.length[0], lv.length[1] + 1):
+        for pos in itertools.product(*[range(lo, hi + 1) for lo, hi in lv.positions]):
+            free = [p for p in range(1, length - 1) if p not in pos]
+            for label in range(lv.num_classes):
+                for fill in itertools.product(task.DISTRACTOR_IDS, repeat=len(free)):
+                    row = np.full(lv.max_length, task.PAD_ID, np.uint8)
+                    row[0], row[length - 1] = task.START, task.END
+                    row[free] = fill
+                    for j, p in enumerate(pos):
+                        row[p] = task.X + ((label >> (lv.num_relevant - 1 - j)) & 1)
+                    rows.append(row)
+    space = task.enumerate_space(lv)
+    assert len(space) == lv.space_size() == len(rows)
+    assert np.array_equal(space.tokens, np.stack(rows))
+    for seq, label, pos in zip(space.sequences(), space.labels, space.positions):
+        assert task.check_sequence(seq, lv) == (label, list(pos))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,38 +23,48 @@ from tensorflow_datasets.core import splits as splits_lib
 
 import tqdm
 
-from qrsu_data import codec, splits, task
+from qrsu_data import codec, croissant, splits, task
 
 if TYPE_CHECKING:
     import apache_beam as beam
 
-VERSION = tfds.core.Version("1.0.0")
+VERSION = tfds.core.Version("1.1.0")
+RELEASE_DATES = {"1.0.0": "2026-11-27", "1.1.0": "2026-12-01"}
+"""When each version was released (Croissant's datePublished, fixed so that a build is reproducible)."""
 DEFAULT_CONFIG = "hard"
 """The config `tfds.builder('temporal_order')` builds when none is named: the 1997 paper's Exp. 6a."""
 
 
 class TemporalOrderConfig(tfds.core.BuilderConfig):
-    """A level of the task plus the split sizes and the seed that fix its examples."""
+    """A level of the task plus the split sizes and the seed that fix its examples.
 
-    def __init__(self, *, level: str | None = None, train_size: int = 100_000, test_size: int = 10_000,
-                 seed: int = 0, holdout_fraction: float = 0.2, **kwargs):
-        if level is None:
-            raise ValueError("TemporalOrderConfig needs a level; choose one of: " + ", ".join(task.LEVELS))
-        lv = task.get_level(level)
-        self.spec = splits.SplitSpec(level=level, train_size=train_size, test_size=test_size, seed=seed,
-                                     holdout_fraction=holdout_fraction)
+    The level is named (``level="hard"``, ``"len1000to1100_pos10to20_pos500to600"``, ``"hard-len5000"``) or
+    given by its ranges (``length=[1000, 1100], positions=[[10, 20], [500, 600]]``), which is what
+    ``tfds build --config '{"length": ..., "positions": ...}'`` passes.
+    """
+
+    def __init__(self, *, level: str | None = None, length=None, positions=None, train_size: int | None = None,
+                 validation_size: int | None = None, test_size: int = splits.DEFAULT_TEST_SIZE, seed: int = 0,
+                 holdout_fraction: float = 0.2, **kwargs):
+        fields = {"level": level, "length": length, "positions": positions, "train_size": train_size,
+                  "validation_size": validation_size, "test_size": test_size, "seed": seed,
+                  "holdout_fraction": holdout_fraction}
+        if level is None and length is None and positions is None:
+            raise ValueError("TemporalOrderConfig needs a level: level=<name> (" + ", ".join(task.LEVELS)
+                             + ", or a level of your own such as len1000to1100_pos10to20_pos500to600) or "
+                               "length=[lo, hi] and positions=[[lo, hi], ...]")
+        self.spec = splits.SplitSpec.from_json({k: v for k, v in fields.items() if v is not None})
         name = kwargs.pop("name", None) or self.spec.name
-        ranges = ", ".join(f"t{i + 1} {lo}-{hi}" for i, (lo, hi) in enumerate(lv.positions))
-        kwargs.setdefault(
-            "description",
-            f"Level {level!r}: length {lv.length[0]}-{lv.length[1]}, {ranges}, {lv.num_classes} classes; "
-            f"train {train_size:,} / test {test_size:,} examples, seed {seed}.")
+        lv = self.spec.level_def
+        sizes = " / ".join(f"{s} {self.spec.size(s):,}" for s in self.spec.splits)
+        kwargs.setdefault("description",
+                          f"Level {lv.name!r}: {lv.summary()}; {sizes} examples, seed {self.spec.seed}.")
         super().__init__(name=name, version=VERSION, **kwargs)
 
     @property
     def level(self) -> task.Level:
         """The task level of this config."""
-        return task.get_level(self.spec.level)
+        return self.spec.level_def
 
 
 def keyed_examples(spec: splits.SplitSpec, split: str, chunk: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -90,11 +101,10 @@ def beam_split(spec: splits.SplitSpec, split: str) -> beam.PTransform:
 
 
 def _resolve_config(config: str | tfds.core.BuilderConfig | None) -> str | tfds.core.BuilderConfig | None:
-    """A config family: a name such as ``nightmare-train10000000`` (``SplitSpec.name``) becomes its config."""
-    if isinstance(config, str) and ":" not in config and Builder.get_builder_config(config) is None:
-        spec = splits.SplitSpec.from_name(config)  # ValueError naming the valid forms
-        return TemporalOrderConfig(level=spec.level, train_size=spec.train_size, test_size=spec.test_size,
-                                   seed=spec.seed, holdout_fraction=spec.holdout_fraction)
+    """A config of the family: a name such as ``nightmare-train10000000`` or JSON becomes its config."""
+    if isinstance(config, str) and ":" not in config.split("{")[0] and Builder.get_builder_config(config) is None:
+        spec = splits.SplitSpec.parse(config)  # ValueError naming the valid forms
+        config = Builder.get_builder_config(spec.name) or TemporalOrderConfig(**spec.to_json())
     if isinstance(config, TemporalOrderConfig):
         registered = Builder.get_builder_config(config.name)
         # `tfds build --config '{"level": "hard"}'` makes a new object equal to a registered config, which
@@ -105,12 +115,19 @@ def _resolve_config(config: str | tfds.core.BuilderConfig | None) -> str | tfds.
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """DatasetBuilder for temporal_order: fixed train/test splits of every difficulty level."""
+    """DatasetBuilder for temporal_order: fixed train/validation/test splits of every difficulty level."""
 
     VERSION = VERSION
     RELEASE_NOTES = {
         "1.0.0": "Initial release: levels easy, normal, moderate, hard, nightmare and exp6b; "
                  "100,000 train and 10,000 test sequences each, test disjoint from train.",
+        "1.1.0": "A validation split (10,000 sequences, seed stream 3), disjoint from train on every level and "
+                 "from test on every level too large to enumerate (all standard levels but easy; on easy it draws "
+                 "from test's held-out fifth of the space); the "
+                 "train and test records of the six standard configs are those of 1.0.0, unchanged. Levels of "
+                 "your own (2 to 8 relevant symbols, 4 to 256 classes) by name "
+                 "(len1000to1100_pos10to20_pos500to600) or JSON; a length-generalisation suite of test-only "
+                 "configs (<level>-len<N>, <level>-tail<N>); croissant.json beside dataset_info.json.",
     }
     BUILDER_CONFIGS = [TemporalOrderConfig(level=name) for name in task.LEVELS]
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG
@@ -151,7 +168,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         from qrsu_data import store
 
         with store.building_in(self.data_dir):  # TFDS points data_dir at its incomplete.* folder here
-            return self._write_splits(dl_manager, download_config)
+            self._write_splits(dl_manager, download_config)
+            # Inside the temporary folder, so that the metadata appears with the records, atomically.
+            self._write_croissant()
+
+    def _write_croissant(self) -> None:
+        """Writes croissant.json (Croissant metadata of the splits' files) beside the records."""
+        built = self.info.splits
+        files = {s: [os.path.basename(os.fspath(p)) for p in built[s].filepaths] for s in built}
+        croissant.write(self.data_dir, self.builder_config.spec, str(self.version), RELEASE_DATES[str(self.version)],
+                        self.info.file_format.value, files, {s: built[s].num_examples for s in built})
 
     def _write_splits(self, dl_manager, download_config):
         """Writes the splits: on Beam when asked for, else record files directly unless a TFDS writer feature is."""
@@ -170,7 +196,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # Same records as TFDS's writer with disable_shuffling (record i = example i), in one shard a
         # split, serialized by codec.serialize instead of per-feature protobuf objects.
         infos = []
-        for split in splits.SPLIT_IDS:
+        for split in self.builder_config.spec.splits:
             template = self._get_filename_template(split_name=split)
             path = template.sharded_filepath(shard_index=0, num_shards=1)
             spec = self.builder_config.spec
@@ -192,12 +218,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self.info.set_splits(splits_lib.SplitDict(infos))
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        """Returns the train and test splits (Beam PTransforms on Beam); nothing is downloaded."""
+        """Returns the config's splits (Beam PTransforms on Beam); nothing is downloaded."""
         del dl_manager
         spec = self.builder_config.spec
         if self._use_beam:
-            return {split: beam_split(spec, split) for split in splits.SPLIT_IDS}
-        return {split: self._generate_examples(split) for split in splits.SPLIT_IDS}
+            return {split: beam_split(spec, split) for split in spec.splits}
+        return {split: self._generate_examples(split) for split in spec.splits}
 
     def _generate_examples(self, split: str):
         """Yields (index, example) in the split's fixed order."""
