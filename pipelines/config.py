@@ -65,6 +65,10 @@ class TrainConfig:
     init_timeout: int = 300
 
     def __post_init__(self):
+        try:
+            self.difficulty = store.check_config(self.difficulty)  # a config given as JSON gets its name
+        except (ValueError, TypeError):
+            pass  # validate() reports it
         if not self.lstm_init:
             self.lstm_init = "chrono" if self.model == "lstm" else "default"
         if not self.workdir:

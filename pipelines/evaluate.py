@@ -137,7 +137,7 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", step: int | No
                          f"{run.config.difficulty!r} with {run.config.num_classes}; choose a config of the same level "
                          f"family")
     catalog.ensure_built(dataset, data_dir, build_if_missing=config is not None)
-    splits = catalog.split_names(dataset, data_dir)
+    splits = catalog.split_names(dataset)
     if split not in splits:
         raise ValueError(f"unknown split {split!r} of config {dataset!r}; choose one of: {', '.join(splits)}")
     sharding = Sharding.create()

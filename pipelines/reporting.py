@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+"""Per-epoch curves: the train split's running figures and the validation split's (``eval_split``, which is
+the test split for a config without validation). The test split is evaluated once, at the end (``test``)."""
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -47,13 +49,15 @@ def save_figure(fig, path: str | os.PathLike) -> None:
         plt.close(fig)
 
 
-def new_history() -> dict[str, list]:
-    """An empty per-epoch history, with the seed notebook's keys."""
-    return {k: [] for k in (*HISTORY_KEYS, "epoch", "sequences_seen", "wall_time_s")}
+def new_history(eval_split: str = "validation") -> dict:
+    """An empty history: per-epoch train and validation loss and accuracy, the final test figures once known."""
+    return {**{k: [] for k in (*HISTORY_KEYS, "epoch", "sequences_seen", "wall_time_s")}, "eval_split": eval_split,
+            "test": None}
 
 
 def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = "") -> None:
-    """Saves train/test loss and accuracy per epoch side by side (the seed notebook's step 7) as a PNG."""
+    """Saves train and validation loss and accuracy per epoch, and the final test figures, side by side (the seed
+    notebook's step 7) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,10 +65,15 @@ def plot_curves(history: dict[str, list], path: str | os.PathLike, title: str = 
     from matplotlib.ticker import MaxNLocator
 
     epochs = history.get("epoch") or list(range(1, len(history["train_loss"]) + 1))
+    split = history.get("eval_split", "validation")
+    test = history.get("test")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 5))
     for ax, key, name in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
         ax.plot(epochs, history[f"train_{key}"], marker="o", label=f"Train {name.lower()}")
-        ax.plot(epochs, history[f"test_{key}"], marker="o", label=f"Test {name.lower()}")
+        ax.plot(epochs, history[f"val_{key}"], marker="o", label=f"{split.capitalize()} {name.lower()}")
+        if test and split != "test":
+            ax.plot([epochs[-1]], [test["loss" if key == "loss" else "accuracy"]], marker="*", markersize=14,
+                    linestyle="none", label=f"Test {name.lower()} (final)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)

@@ -160,7 +160,8 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
             runs.remove_run(workdir)  # only now: the new run is known to start
             print(f"Removed the previous run in {workdir}.", flush=True)
         barrier("overwrite")
-        step, elapsed, history = 0, 0.0, reporting.new_history()
+        eval_split = "validation" if "validation" in loaders.split_names(config.difficulty) else "test"
+        step, elapsed, history = 0, 0.0, reporting.new_history(eval_split)
         record = {**config.to_json(), "resume": False, "overwrite": False, "parameters": parameters,
                   "state_size": state_size, "resumes": []}
         if config.resume:
@@ -234,16 +235,21 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
                     _check_finite(pending, step, checkpointer)
                     pending.clear()
                     train = state.metrics.compute()
-                    test = evaluator.evaluate(state.params, config.difficulty, "test", data_dir=config.data_dir)
+                    val = evaluator.evaluate(state.params, config.difficulty, eval_split, data_dir=config.data_dir)
                     state = reset_metrics(state, sharding)
                     now = elapsed + time.perf_counter() - t_start
                     for key, value in (("train_loss", train["loss"]), ("train_acc", train["accuracy"]),
-                                       ("test_loss", test["loss"]), ("test_acc", test["accuracy"]),
+                                       ("val_loss", val["loss"]), ("val_acc", val["accuracy"]),
                                        ("epoch", epoch + 1), ("sequences_seen", step * config.batch_size),
                                        ("wall_time_s", round(now, 2))):
                         history[key].append(value)
                     events.scalars(step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
-                                          "test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+                                          f"{eval_split}/loss": val["loss"], f"{eval_split}/accuracy": val["accuracy"]})
+                    if epoch + 1 == config.epochs:  # the test split once, on the final model
+                        test = (val if eval_split == "test" else
+                                evaluator.evaluate(state.params, config.difficulty, "test", data_dir=config.data_dir))
+                        history["test"] = {"step": step, "loss": test["loss"], "accuracy": test["accuracy"]}
+                        events.scalars(step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
                     if primary:
                         reporting.write_json(workdir / "history.json", history)
                         reporting.plot_curves(history, workdir / "curves.png",
@@ -252,8 +258,8 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
                     epoch += 1
                     if primary:
                         tqdm.tqdm.write(f"epoch {epoch}/{config.epochs}: train loss {train['loss']:.4f} "
-                                        f"acc {train['accuracy']:.4f} | test loss {test['loss']:.4f} "
-                                        f"acc {test['accuracy']:.4f} | {now:.0f} s")
+                                        f"acc {train['accuracy']:.4f} | {eval_split} loss {val['loss']:.4f} "
+                                        f"acc {val['accuracy']:.4f} | {now:.0f} s")
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -262,15 +268,16 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
         finally:
             events.close()
             checkpointer.close()
+    test = history["test"] or {}
     summary = {"interrupted": False, "step": step, "workdir": str(workdir),
                "sequences_seen": step * config.batch_size, "parameters": parameters, "state_size": state_size,
-               "final_test_acc": history["test_acc"][-1] if history["test_acc"] else math.nan,
-               "best_test_acc": max(history["test_acc"], default=math.nan),
+               "final_test_acc": test.get("accuracy", math.nan),
+               "best_val_acc": max(history["val_acc"], default=math.nan),
                "wall_time_s": elapsed + time.perf_counter() - t_start}
     if primary:
         print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
-              f"sequences, final test accuracy {summary['final_test_acc']:.4f} "
-              f"(best {summary['best_test_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
+              f"sequences, test accuracy {summary['final_test_acc']:.4f} (best {history['eval_split']} accuracy "
+              f"{summary['best_val_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
               f"curves.png, config.json, events/ (TensorBoard) and checkpoints/ to {workdir}", flush=True)
     return summary
 

@@ -83,11 +83,6 @@ def open_split(config: str, split: str = "train", data_dir: str | os.PathLike | 
     return load_split(config, split, data_dir)
 
 
-def split_names(config: str, data_dir: str | os.PathLike | None = None) -> list[str]:
-    """The splits of a built config (e.g. train, test), as its metadata lists them."""
-    return list(store.open_builder(config, data_dir).info.splits)
-
-
 def split_files(config: str, split: str, data_dir: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
     """(file, number of records) of every shard of a built split, in order; clear errors otherwise."""
     ensure_built(config, data_dir)

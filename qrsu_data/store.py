@@ -211,7 +211,10 @@ def build(config: str, data_dir: str | os.PathLike | None = None, file_format: s
             print(f"note: {version_dir} lacks dataset_info.json, so it is incomplete; rebuilding it",
                   file=sys.stderr)
             shutil.rmtree(version_dir)
-        builder.download_and_prepare(file_format=file_format)
+        # TFDS prints "Downloading and preparing ..." to stdout (nothing is downloaded): stdout is the caller's,
+        # so its chatter goes where progress bars go.
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(file_format=file_format)
     return version_dir
 
 

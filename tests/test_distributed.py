@@ -48,7 +48,7 @@ def test_two_processes_train_in_lockstep_and_match_one_process(data_dir, tmp_pat
     assert "over 2 device(s) in 2 process(es)" in outs[0][0]  # only process 0 reports
     assert "Done:" in outs[0][0] and "Done:" not in outs[1][0]
     history = json.loads((workdir / "history.json").read_text())
-    assert len(history["test_acc"]) == 1
+    assert len(history["val_acc"]) == 1 and history["test"]["step"] == STEPS
 
     # One process, one device, fed the same global batches: each process's shard is half of every batch.
     cfg = TrainConfig(data_dir=data_dir, workdir=os.fspath(tmp_path / "ref"), lr=3e-3)

@@ -49,10 +49,10 @@ def history(run_dir):
     return json.loads((run_dir / "history.json").read_text())
 
 
-def test_accuracy_equals_the_runs_last_test_accuracy(run_dir, evaluated):
+def test_accuracy_equals_the_runs_final_test_accuracy(run_dir, evaluated):
     code, out, result = evaluated
     assert code == 0
-    final = history(run_dir)["test_acc"][-1]
+    final = history(run_dir)["test"]["accuracy"]
     assert final > 0.6  # well above chance (0.25), so the restored weights are the trained ones
     assert result["step"] == 80 and result["split"] == "test"
     assert abs(result["accuracy"] - final) < 1e-6
@@ -60,9 +60,9 @@ def test_accuracy_equals_the_runs_last_test_accuracy(run_dir, evaluated):
 
 
 def test_an_earlier_checkpoint_gives_that_epochs_accuracy(run_dir):
-    result = evaluate.evaluate_run(run_dir, step=40, write=False)
-    assert result["step"] == 40
-    assert abs(result["accuracy"] - history(run_dir)["test_acc"][0]) < 1e-6
+    result = evaluate.evaluate_run(run_dir, split="validation", step=40, write=False)
+    assert result["step"] == 40 and result["split"] == "validation"
+    assert abs(result["accuracy"] - history(run_dir)["val_acc"][0]) < 1e-6
 
 
 def test_per_class_and_by_lag_tables_cover_the_split(evaluated, data_dir):
@@ -167,7 +167,7 @@ def test_missing_checkpoint_and_unknown_step_and_split(run_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(RunError, match="no checkpoint at step 7; available steps: 40, 80"):
         load_run(run_dir, step=7)
-    with pytest.raises(ValueError, match="unknown split 'val' of config 'easy'; choose one of: train, test"):
+    with pytest.raises(ValueError, match="unknown split 'val' of config 'easy'; choose one of: train, validation, test"):
         evaluate.evaluate_run(run_dir, split="val")
     assert evaluate.main(["--workdir", os.fspath(run_dir), "--split", "val"]) == 2
 
@@ -188,3 +188,20 @@ def test_a_corrupt_checkpoint_or_config_is_named(run_dir, tmp_path, capsys):
     (copy / "config.json").write_text("{not json")
     assert predict.main(["--workdir", os.fspath(copy), "BaXbcYdE"]) == 1
     assert f"{copy / 'config.json'} is not a run's config" in capsys.readouterr().err
+
+
+def test_a_level_of_your_own_trains_and_is_evaluated_on_a_longer_config(tmp_path):
+    """Issue 17's end-to-end case: 4 relevant symbols (16 classes), trained briefly, evaluated at length 200."""
+    level = "len30to40_pos2to4_pos8to10_pos14to16_pos20to22"
+    config = f"{level}-train2000-validation200-test200"
+    w = tmp_path / "run"
+    summary = train.run(config_lib.TrainConfig(difficulty=config, data_dir=os.fspath(tmp_path / "data"),
+                                               workdir=os.fspath(w), epochs=1, steps_per_epoch=30,
+                                               eval_batch_size=200))
+    assert summary["step"] == 30 and json.loads((w / "config.json").read_text())["difficulty"] == config
+    longer = f"{level}-len200-test200"
+    result = evaluate.evaluate_run(w, config=longer)
+    assert result["config"] == longer and result["num_examples"] == 200
+    assert result["classes"][:2] == ["XXXX", "XXXY"] and len(result["classes"]) == 16
+    assert (w / f"evaluation-{longer}.json").is_file() and (w / f"accuracy_by_lag-{longer}.png").is_file()
+    assert json.loads((w / f"evaluation-{longer}.json").read_text())["accuracy"] == result["accuracy"]

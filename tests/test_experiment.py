@@ -35,7 +35,7 @@ def test_quick_experiment_writes_results(first):
         assert (first / name).stat().st_size > 0
     assert "| easy |" in (first / "results.md").read_text()
     events = read_events(first / "events" / "lstm-easy-seed0")  # `tensorboard --logdir OUT/events` compares runs
-    assert [(s, pytest.approx(a)) for s, a in events["check/accuracy"]] == [tuple(p) for p in lstm["curve"]]
+    assert [(s, pytest.approx(a)) for s, a in events["validation/accuracy"]] == [tuple(p) for p in lstm["curve"]]
 
 
 def test_same_seeds_same_table(first, data_dir, tmp_path):

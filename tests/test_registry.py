@@ -96,10 +96,10 @@ def test_a_model_of_your_own_trains_checkpoints_resumes_evaluates_and_predicts(t
     assert saved["state_size"] == 16
     assert _quiet(train.main, ["--workdir", os.fspath(w), "--resume", "--epochs", "2"])[0] == 0
     history = json.loads((w / "history.json").read_text())
-    assert history["epoch"] == [1, 2] and history["test_acc"][-1] > 0.5
+    assert history["epoch"] == [1, 2] and history["test"]["accuracy"] > 0.5
     code, out = _quiet(evaluate.main, ["--workdir", os.fspath(w)])
     assert code == 0 and f"{CUSTOM} on 'easy', checkpoint step 120" in out
-    assert json.loads((w / "evaluation.json").read_text())["accuracy"] == pytest.approx(history["test_acc"][-1])
+    assert json.loads((w / "evaluation.json").read_text())["accuracy"] == pytest.approx(history["test"]["accuracy"])
     code, out = _quiet(predict.main, ["--workdir", os.fspath(w), "BaXbcYdE"])
     assert code == 0 and out.startswith("BaXbcYdE -> ")
     assert sys.modules["examples.custom_model"].__file__ == os.fspath(REPO / "examples" / "custom_model.py")

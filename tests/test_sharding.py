@@ -109,4 +109,4 @@ def test_training_and_evaluation_on_two_cpu_devices(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert "over 2 device(s)" in res.stdout
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert history["epoch"] == [1, 2] and history["test_acc"][-1] > 0.9
+    assert history["epoch"] == [1, 2] and history["test"]["accuracy"] > 0.9

@@ -65,20 +65,22 @@ def test_small_run_writes_history_plot_config_and_checkpoints(data_dir, tmp_path
     summary = train.run(small(data_dir, tmp_path / "run", lr=3e-3))
     run = tmp_path / "run"
     h = history(run)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert len(h[key]) == 2 and all(np.isfinite(h[key]))
-    assert h["epoch"] == [1, 2] and h["sequences_seen"] == [12 * 32, 24 * 32]
-    assert h["test_loss"][1] < h["test_loss"][0]  # it learns
+    assert h["epoch"] == [1, 2] and h["sequences_seen"] == [12 * 32, 24 * 32] and h["eval_split"] == "validation"
+    assert h["val_loss"][1] < h["val_loss"][0]  # it learns
+    assert h["test"]["step"] == 24 and 0.5 < h["test"]["accuracy"] <= 1  # the test split once, at the end
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"] == "lstm" and saved["lr"] == 3e-3
     assert saved["parameters"] == 18_948 and saved["state_size"] == 128  # reported with the run
     assert Checkpointer(run).steps() == [15, 20, 24]  # every 5 steps and at epoch ends (12, 24); newest 3 kept
     events = read_events(run / "events")  # TensorBoard's view of the same numbers
-    assert [s for s, _ in events["test/accuracy"]] == [12, 24]
-    assert [v for _, v in events["test/accuracy"]] == pytest.approx(h["test_acc"])
+    assert [s for s, _ in events["validation/accuracy"]] == [12, 24]
+    assert [v for _, v in events["validation/accuracy"]] == pytest.approx(h["val_acc"])
+    assert events["test/accuracy"] == [(24, pytest.approx(h["test"]["accuracy"]))]
     assert [s for s, _ in events["train/running_loss"]] == [4, 5, 8, 10, 12, 15, 16, 20, 24]
-    assert summary["step"] == 24 and summary["final_test_acc"] == h["test_acc"][-1]
+    assert summary["step"] == 24 and summary["final_test_acc"] == h["test"]["accuracy"]
 
 
 def test_evaluation_counts_every_test_example_once_and_matches_a_plain_forward(data_dir, tmp_path):
@@ -156,7 +158,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_p
     assert meta_a["history"] == {**meta_b["history"], "wall_time_s": meta_a["history"]["wall_time_s"]}
     assert history(tmp_path / "resumed")["epoch"] == [1, 2]
     np.testing.assert_array_equal(next_a["tokens"], next_b["tokens"])  # the data order goes on alike
-    assert second["final_test_acc"] == history(tmp_path / "straight")["test_acc"][-1]
+    assert second["final_test_acc"] == history(tmp_path / "straight")["test"]["accuracy"]
 
 
 def test_history_keeps_every_epoch_when_checkpoints_fall_on_epoch_ends(data_dir, tmp_path):
@@ -168,7 +170,7 @@ def test_history_keeps_every_epoch_when_checkpoints_fall_on_epoch_ends(data_dir,
     assert h["epoch"] == [1, 2, 3] and h["sequences_seen"] == [320, 640, 960]
     train.run(small(data_dir, tmp_path / "straight", steps_per_epoch=10, checkpoint_every=10, epochs=3))
     straight = history(tmp_path / "straight")
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test"):
         assert h[key] == straight[key], key
 
 
@@ -294,5 +296,5 @@ def test_default_run_reaches_99_percent(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "is not built yet; building it" in res.stdout
     h = history(tmp_path / "runs" / "lstm-easy-seed42")
-    assert len(h["test_acc"]) == 3 and h["test_acc"][-1] >= 0.99
-    assert "final test accuracy" in res.stdout
+    assert len(h["val_acc"]) == 3 and h["test"]["accuracy"] >= 0.99
+    assert "test accuracy 1.0000" in res.stdout
