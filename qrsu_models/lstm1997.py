@@ -155,7 +155,9 @@ def final_state(params: Params, ids: jax.Array, mask: jax.Array, gradient: str =
     _check_gradient(gradient)
     blocks, cpb = sizes(params)
     hidden_units, cells = params["w_y"].shape[0], blocks * cpb
-    xproj = params["w_x"][ids] + params["b"]  # [T, H]: the input and bias part of every net input
+    # [T, H]: the input and bias part of every net input. A one-hot product rather than a gather, so that an id
+    # outside [0, V) is no input at all, in the forward pass and in the gradient alike.
+    xproj = jax.nn.one_hot(ids, params["w_x"].shape[0], dtype=jnp.float32) @ params["w_x"] + params["b"]
 
     def step(carry, inputs):
         y, s = carry
@@ -186,7 +188,15 @@ def sequence_logits(params: Params, ids: jax.Array, mask: jax.Array, gradient: s
 def apply(params: Params, tokens: jax.Array, lengths: jax.Array, padding: str = "pre",
           gradient: str = "truncated") -> jax.Array:
     """Logits [B, C] of token ids [B, T] with ``lengths`` [B] real tokens per row."""
-    ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
+    layout.check_padding(padding)  # before jit, so that the error names the value
+    _check_gradient(gradient)
+    return _apply(params, jnp.asarray(tokens), jnp.asarray(lengths), padding, gradient)
+
+
+@functools.partial(jax.jit, static_argnames=("padding", "gradient"))
+def _apply(params: Params, tokens: jax.Array, lengths: jax.Array, padding: str, gradient: str) -> jax.Array:
+    # jitted so that eager calls compile once per shape; under an outer jit it is inlined.
+    ids, mask = layout.right_aligned(tokens, lengths, padding)
     return jax.vmap(functools.partial(sequence_logits, params, gradient=gradient))(ids, mask)
 
 
@@ -304,7 +314,9 @@ class LSTM1997(nnx.Module):
         return {name: getattr(self, name)[...] for name in ("w_x", "w_y", "b", "w_o", "b_o")}
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
-        """Logits float32 [B, num_classes]: the output units' net inputs after each row's last real token."""
+        """Logits float32 [B, num_classes]: the output units' net inputs after each row's last real token.
+
+        A real position holding an id outside [0, vocab_size) is no input (a one-hot of nothing)."""
         layout.check_padding(padding)
         return apply(self.params(), tokens, lengths, padding, self.gradient)
 
