@@ -180,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 0.5 for 6a, 0.1 for 6b)")
     p.add_argument("--biased-gate", default="input", choices=("input", "output"),
                    help="which gate of each block starts with the bias -2, -4, -6 (default: input)")
+    p.add_argument("--error-window", type=positive_int, default=2000,
+                   help="the stop rule's mean training error is over this many most recent sequences (the paper "
+                        "does not say; default 2000, the window of its other condition)")
     p.add_argument("--config", default=None, help="dataset config (default: hard for 6a, exp6b-train2000000 for "
                    "6b); built first if missing")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QRSU_DATA_DIR, else ~/qrsu_data)")
@@ -204,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"(e.g. {DEFAULTS[exp]['config']!r})")
     settings = {"experiment": exp, "config": config, "trials": args.trials or PAPER[exp]["trials"],
                 "seed": args.seed, "gradient": args.gradient, "budget": args.budget,
-                "lr": args.lr or DEFAULTS[exp]["lr"], "biased_gate": args.biased_gate}
+                "lr": args.lr or DEFAULTS[exp]["lr"], "biased_gate": args.biased_gate,
+                "error_window": args.error_window}
     out = Path(args.out or f"results/replicate-{exp}")
     check_out(p, out, settings)
 
+    if args.error_window > trials.MAX_WINDOW:
+        p.error(f"--error-window must be at most {trials.MAX_WINDOW:,}, got {args.error_window:,}")
+    rule = dataclasses.replace(trials.PAPER_STOP, error_window=args.error_window)
     t0 = time.perf_counter()
     trials.ensure_built(config, args.data_dir)
     train = trials.load_split(config, "train", args.data_dir)
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
           f"at most {min(budget, len(train)):,} per trial), lr {settings['lr']:g}, {args.gradient} gradient",
           flush=True)
     t_train = time.perf_counter()
-    outcomes, params = trials.train_trials(learner, train, seeds, budget=budget, rule=trials.PAPER_STOP,
+    outcomes, params = trials.train_trials(learner, train, seeds, budget=budget, rule=rule,
                                            progress=not args.no_progress, desc=f"exp {exp}")
     train_s = time.perf_counter() - t_train
     wrong_rule, wrong_argmax = trials.wrong_answers(learner, params, test)
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["exhausted_split"]:
             print(f"trial {r['trial']} (seed {r['seed']}) exhausted the train split ({len(train):,} sequences) "
                   f"without meeting the stop rule", flush=True)
-    result = {"settings": settings, "stop_rule": trials.PAPER_STOP.describe(), "paper": PAPER[exp],
+    result = {"settings": settings, "stop_rule": rule.describe(), "paper": PAPER[exp],
               "summary": summarize(rows, args.seed), "trials": rows,
               "timing": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - t0, 1),
                          "load_average_1min": round(os.getloadavg()[0], 2)}}

@@ -35,6 +35,8 @@ LOSSES: tuple[str, ...] = ("squared_error", "cross_entropy")
 CORRECT_BY: tuple[str, ...] = ("threshold", "argmax")
 """A sequence is correct: 'threshold', every output's absolute error below the threshold (the paper's rule,
 on sigmoid outputs); 'argmax', the largest logit is the label's."""
+MAX_WINDOW = 100_000
+"""The largest window a stop rule may keep (each trial carries its errors in a ring buffer of that size)."""
 CHUNK_STEPS = 250
 """Optimizer steps per jitted call (one host round trip per chunk; the call itself is ~0.1-1 s)."""
 
@@ -48,19 +50,31 @@ class StopRule:
     correct_by: str = "threshold"
     threshold: float = 0.3
     max_error: float | None = 0.1
+    error_window: int | None = None
+    """The mean error is over this many most recent sequences (all of them while fewer were read); None: the
+    correctness window. The paper does not say."""
 
     def __post_init__(self):
         if self.correct_by not in CORRECT_BY:
             raise ValueError(f"unknown correct_by {self.correct_by!r}; choose one of: {', '.join(CORRECT_BY)}")
-        if self.window <= 0:
-            raise ValueError(f"window must be positive, got {self.window}")
+        for name in ("window", "error_window"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_WINDOW:
+                raise ValueError(f"{name} must be in 1..{MAX_WINDOW:,}, got {value}")
+
+    @property
+    def errors_kept(self) -> int:
+        """How many recent errors the rule needs (0 without an error condition)."""
+        return 0 if self.max_error is None else (self.error_window or self.window)
 
     def describe(self) -> str:
         """The rule in words."""
         correct = (f"every output's absolute error < {self.threshold:g}" if self.correct_by == "threshold"
                    else "the largest output is the label's (argmax)")
-        error = (f" and their mean error (0.5 sum of squared output errors) < {self.max_error:g}"
-                 if self.max_error is not None else "")
+        error = ""
+        if self.max_error is not None:
+            over = "their" if self.errors_kept == self.window else f"the {self.errors_kept:,} most recent sequences'"
+            error = f" and {over} mean error (0.5 sum of squared output errors) < {self.max_error:g}"
         return (f"the {self.window:,} most recent training sequences all correct ({correct}, judged before "
                 f"each update){error}")
 
@@ -133,7 +147,7 @@ def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: s
                                     biased_gate=biased_gate)
 
     def one(params, ids, mask, label):
-        fn = functools.partial(loss_of, label=label)
+        fn = lambda logits: loss_of(logits, label)  # noqa: E731
         if method == "rtrl":
             return lstm1997.truncated_loss_and_grad_rtrl(params, ids, mask, fn)
         return lstm1997.loss_and_grad(params, ids, mask, fn, gradient)
@@ -224,7 +238,9 @@ class TrialOutcome:
     sequences_trained: int
     exhausted_split: bool
     window_error: float | None
-    """Mean error over the window's sequences at the end (None when the rule has no error condition)."""
+    """Mean error over the error window's sequences at the end (None when the rule has no error condition)."""
+    final_streak: int
+    """Consecutive correct training sequences at the end (how close an unsolved trial came)."""
 
 
 def trial_seeds(seed: int, trials: int) -> list[int]:
@@ -236,12 +252,13 @@ def _where(cond: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
 
 
-def _make_chunk_fn(learner: Learner, rule: StopRule, limit: int):
-    """The jitted ``(state, tokens, lengths, labels, pos0) -> state`` over every trial and ``chunk`` steps."""
-    bs, window = learner.batch_size, rule.window
-    track_error = rule.max_error is not None
+@functools.lru_cache(maxsize=16)
+def _make_chunk_fn(learner: Learner, rule: StopRule):
+    """The jitted ``(state, tokens, lengths, labels, pos0, limit) -> state`` over every trial and a chunk of
+    steps (cached, so that runs with the same learner and rule compile once per shape)."""
+    bs, window, kept = learner.batch_size, rule.window, rule.errors_kept
 
-    def trial(state, tokens, lengths, labels, pos0):
+    def trial(state, tokens, lengths, labels, pos0, limit):
         def step(state, inputs):
             tok, lens, labs, k = inputs
             losses, logits, grads = learner.grad(state["params"], tok.astype(jnp.int32), lens, labs)
@@ -254,10 +271,10 @@ def _make_chunk_fn(learner: Learner, rule: StopRule, limit: int):
             seen = state["seen"] + bs
             holds = streak >= window
             new = {"params": params, "opt_state": opt_state, "streak": streak, "seen": seen}
-            if track_error:
-                slots = (state["seen"] + jnp.arange(bs)) % window
+            if kept:
+                slots = (state["seen"] + jnp.arange(bs)) % kept
                 errors = state["errors"].at[slots].set(losses)
-                holds &= jnp.mean(errors) < rule.max_error  # the window is full once the streak reaches it
+                holds &= jnp.sum(errors) / jnp.minimum(seen, kept) < rule.max_error  # unread slots hold 0
                 new["errors"] = errors
             new["stopped"] = holds
             active = ~state["stopped"] & (pos0 + (k + 1) * bs <= limit)
@@ -267,7 +284,7 @@ def _make_chunk_fn(learner: Learner, rule: StopRule, limit: int):
         state, _ = jax.lax.scan(step, state, (tokens, lengths, labels, steps))
         return state
 
-    return jax.jit(jax.vmap(trial, in_axes=(0, 0, 0, 0, None)), donate_argnums=0)
+    return jax.jit(jax.vmap(trial, in_axes=(0, 0, 0, 0, None, None)), donate_argnums=0)
 
 
 def train_trials(learner: Learner, train: Split, seeds: Sequence[int], *, budget: int, rule: StopRule,
@@ -287,9 +304,9 @@ def train_trials(learner: Learner, train: Split, seeds: Sequence[int], *, budget
     state = {"params": params, "opt_state": jax.vmap(learner.tx.init)(params),
              "streak": jnp.zeros((n,), jnp.int32), "seen": jnp.zeros((n,), jnp.int32),
              "stopped": jnp.zeros((n,), bool)}
-    if rule.max_error is not None:
-        state["errors"] = jnp.zeros((n, rule.window), jnp.float32)
-    chunk_fn = _make_chunk_fn(learner, rule, limit)
+    if rule.errors_kept:
+        state["errors"] = jnp.zeros((n, rule.errors_kept), jnp.float32)
+    chunk_fn = _make_chunk_fn(learner, rule)
     per_chunk = chunk_steps * bs
     steps_total = limit // bs
     with tqdm(total=steps_total * bs, desc=desc, unit="seq", disable=not progress, leave=False,
@@ -301,21 +318,23 @@ def train_trials(learner: Learner, train: Split, seeds: Sequence[int], *, budget
             shape = (n, chunk_steps, bs)
             state = chunk_fn(state, jnp.asarray(train.tokens[idx].reshape(*shape, -1)),
                              jnp.asarray(train.lengths[idx].reshape(shape)),
-                             jnp.asarray(train.labels[idx].reshape(shape)), pos0)
+                             jnp.asarray(train.labels[idx].reshape(shape)), pos0, limit)
             stopped = np.asarray(state["stopped"])
             bar.update(min(per_chunk, steps_total * bs - pos0))
             bar.set_postfix(stopped=f"{int(stopped.sum())}/{n}")
             if stopped.all():
                 break
     seen = np.asarray(state["seen"])
-    stopped = np.asarray(state["stopped"])
-    window_error = (np.asarray(jnp.mean(state["errors"], axis=1)) if rule.max_error is not None else [None] * n)
+    stopped, streak = np.asarray(state["stopped"]), np.asarray(state["streak"])
+    window_error = (np.asarray(jnp.sum(state["errors"], axis=1)) / np.maximum(1, np.minimum(seen, rule.errors_kept))
+                    if rule.errors_kept else [None] * n)
     outcomes = [TrialOutcome(trial=i, seed=int(s), solved=bool(stopped[i]),
                              sequences_to_stop=int(seen[i]) if stopped[i] else None,
                              sequences_trained=int(seen[i]),
                              exhausted_split=bool(not stopped[i] and limit == len(train)
                                                   and seen[i] == steps_total * bs),
-                             window_error=None if window_error[i] is None else round(float(window_error[i]), 6))
+                             window_error=None if window_error[i] is None else round(float(window_error[i]), 6),
+                             final_streak=int(streak[i]))
                 for i, s in enumerate(seeds)]
     return outcomes, state["params"]
 

@@ -77,6 +77,10 @@ def test_the_mean_error_condition_holds_the_stop_back():
     k = next(k for k in range(WINDOW) if ((WINDOW - k) * loose + k * right) / WINDOW < 0.1)
     assert 0.165 < loose < 0.17 and k > 0
     assert o.sequences_to_stop == WINDOW + k
+    # Over a longer error window (all sequences read while fewer), the LOOSE answers weigh longer.
+    longer = trials.StopRule(window=WINDOW, error_window=4 * WINDOW)
+    k = next(k for k in range(1, 4 * WINDOW) if (WINDOW * loose + k * right) / (WINDOW + k) < 0.1)
+    assert k > 20 and _run(stream, longer)[0].sequences_to_stop == WINDOW + k
     # Without the error condition the window alone decides.
     no_error = trials.StopRule(window=WINDOW, max_error=None)
     assert _run(stream, no_error)[0].sequences_to_stop == WINDOW
