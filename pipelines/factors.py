@@ -129,29 +129,36 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     rows, budget = result["rows"], result["settings"]["budget"]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 2.0))
     for i, row in enumerate(rows):
         y = len(rows) - 1 - i
         solved = [t["sequences_to_stop"] for t in row["trials"] if t["solved"]]
-        unsolved = [t for t in row["trials"] if not t["solved"]]
+        unsolved = len(row["trials"]) - len(solved)
         ax.scatter(solved, [y] * len(solved), color="C0", s=18, alpha=0.7, zorder=3)
-        if unsolved:
-            ax.scatter([budget] * len(unsolved), [y] * len(unsolved), color="C3", marker="x", s=30, zorder=3)
+        if unsolved:  # spread vertically a little, so that each unsolved trial shows
+            ax.scatter([budget] * unsolved, [y + 0.08 * (k - (unsolved - 1) / 2) for k in range(unsolved)],
+                       color="C3", marker="x", s=24, zorder=3)
         if solved:
             ax.scatter([statistics.median(solved)], [y], color="black", marker="|", s=300, zorder=4)
+        ax.annotate(f"{len(solved)}/{len(row['trials'])}", (1.01, y), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8)
     ax.axvline(PAPER_MEAN, color="grey", linestyle="--", linewidth=1)
-    ax.annotate(f"paper's mean, its own stop rule ({PAPER_MEAN:,})", (PAPER_MEAN, len(rows) - 0.45),
+    ax.annotate(f"paper's mean under its own stop rule ({PAPER_MEAN:,})", (PAPER_MEAN, len(rows) - 0.45),
                 fontsize=7, color="grey", ha="center")
     ax.set_yticks(range(len(rows)), [r["name"] for r in reversed(rows)])
     ax.set_xscale("log")
-    ax.set_xlabel("training sequences until the 2,000 most recent were all right (log scale)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+    ax.set_xlabel("training sequences until the 2,000 most recent were all classified right (log scale)")
     ax.set_ylim(-0.6, len(rows) - 0.2)
     handles = [plt.Line2D([], [], color="C0", marker="o", linestyle="", label="a trial"),
-               plt.Line2D([], [], color="black", marker="|", markersize=12, linestyle="", label="median"),
-               plt.Line2D([], [], color="C3", marker="x", linestyle="", label="not solved (at the budget)")]
-    ax.legend(handles=handles, fontsize=7, loc="lower left")
+               plt.Line2D([], [], color="black", marker="|", markersize=12, linestyle="", label="median of solved"),
+               plt.Line2D([], [], color="C3", marker="x", linestyle="", label=f"not solved in {budget:,}")]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    ax.set_title("From the 1997 protocol (top) to today's training (bottom), one change per row; solved at right",
+                 fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     reporting.save_figure(fig, path)
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     """Trains every row (or the rows not yet in --out) and writes the table and plot."""
     p = argparse.ArgumentParser(prog="python -m pipelines.factors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=replicate.positive_int, default=5, help="trials (seeds) per row (default 5)")
+    p.add_argument("--trials", type=replicate.positive_int, default=10, help="trials (seeds) per row (default 10)")
     p.add_argument("--seed", type=replicate.non_negative_int, default=0, help="trial i of a row uses seed SEED+i")
     p.add_argument("--budget", type=replicate.positive_int, default=DEFAULT_BUDGET,
                    help=f"training sequences per trial at most (default {DEFAULT_BUDGET:,}, the whole hard split)")

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from qrsu_data import interop, store, task
-from qrsu_models import lstm1997
+from qrsu_models import SequenceClassifier, apply_fn, layout, lstm1997
 
 PAPER_TEST = 2560
 """The 1997 paper's test set: its figure is wrong answers among this many fresh sequences."""
@@ -116,8 +117,11 @@ class Learner:
     batch_size: int = 1
 
 
+@functools.lru_cache(maxsize=32)
 def optimizer(name: str, lr: float, clip_norm: float = 0.0) -> optax.GradientTransformation:
-    """'sgd' (plain gradient descent, no momentum: the paper's) or 'adam', optionally clipped at a global norm."""
+    """'sgd' (plain gradient descent, no momentum: the paper's) or 'adam', optionally clipped at a global norm.
+
+    Cached, like the learners: the same settings give the same objects, so compiled trainers are reused."""
     if name == "sgd":
         tx = optax.sgd(lr)
     elif name == "adam":
@@ -131,6 +135,7 @@ def _mean_over_batch(tree: Any) -> Any:
     return jax.tree.map(lambda a: jnp.mean(a, axis=0), tree)
 
 
+@functools.lru_cache(maxsize=32)
 def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: str = "truncated",
                      method: str = "rtrl", loss: str = "squared_error", tx: optax.GradientTransformation,
                      batch_size: int = 1, biased_gate: str = "input") -> Learner:
@@ -153,8 +158,6 @@ def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: s
         return lstm1997.loss_and_grad(params, ids, mask, fn, gradient)
 
     def grad(params, tokens, lengths, labels):
-        from qrsu_models import layout
-
         ids, mask = layout.right_aligned(tokens, lengths, "pre")
         losses, logits, grads = jax.vmap(one, in_axes=(None, 0, 0, 0))(params, ids, mask, labels)
         return losses, logits, _mean_over_batch(grads)
@@ -165,12 +168,10 @@ def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: s
     return Learner(init, grad, predict, tx, batch_size)
 
 
+@functools.lru_cache(maxsize=32)
 def classifier_learner(*, num_classes: int, hidden: int, lstm_init: str, loss: str = "cross_entropy",
                        tx: optax.GradientTransformation, batch_size: int = 16) -> Learner:
     """Today's LSTM, ``qrsu_models.SequenceClassifier('lstm', ...)`` (forget gate), trained by full BPTT."""
-    from flax import nnx
-
-    from qrsu_models import SequenceClassifier, apply_fn
 
     def build(seed: int):
         return nnx.split(SequenceClassifier("lstm", hidden=hidden, num_classes=num_classes, lstm_init=lstm_init,
