@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from qrsu_data import interop, store, task
+from qrsu_data import interop, splits, store, task
 from qrsu_models import SequenceClassifier, apply_fn, layout, lstm1997
 
 PAPER_TEST = 2560
@@ -224,8 +224,9 @@ def ensure_built(config: str, data_dir: str | os.PathLike | None) -> None:
 
 
 def num_classes_of(config: str) -> int:
-    """The class count of a config's level."""
-    return task.get_level(store.check_config(config).split("-")[0]).num_classes
+    """The class count of a config's level; ValueError naming the valid forms for an unknown config."""
+    name = store.check_config(config)  # the config's canonical name
+    return task.get_level(splits.SplitSpec.from_name(name).level).num_classes
 
 
 @dataclasses.dataclass
