@@ -1,0 +1,247 @@
+"""What made the difference: from the 1997 protocol to today's training, one factor at a time, on Exp. 6a.
+
+``python -m pipelines.factors`` trains, on ``hard``, a row of trials per step of a path that starts at the
+1997 protocol (the 1997 LSTM with its truncated gradient, squared error on sigmoid outputs, online SGD with
+learning rate 0.5) and changes one factor per row until it reaches ``pipelines.experiment``'s defaults
+(today's LSTM cell with a forget gate, chrono gate biases, hidden 64, full gradient, softmax cross-entropy,
+Adam 2e-3 with gradients clipped at norm 1 on batches of 16). Each row keeps every change of the rows above.
+
+One stop rule for every row: the 2,000 most recent training sequences all classified correctly by argmax,
+each judged before the update it takes part in. A row's figure is the median and range of the training
+sequences until that held, over its trials (seeds SEED..SEED+TRIALS-1).
+
+Writes results.json (after every row, so an interrupted run resumes where it stopped), results.md and
+factors.png to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from pipelines import replicate, reporting, trials
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One step of the path: a learner's settings, and the factor it changes from the row above."""
+
+    name: str
+    change: str
+    cell: str = "lstm1997"  # or "lstm": qrsu_models.SequenceClassifier("lstm", ...)
+    gradient: str = "truncated"
+    loss: str = "squared_error"
+    optimizer: str = "sgd"
+    lr: float = 0.5
+    clip_norm: float = 0.0
+    batch_size: int = 1
+    hidden: int = 4  # memory cells: the 1997 net's 2 blocks of 2
+    lstm_init: str = "default"
+
+    def settings(self) -> dict:
+        """The fields that decide the row's results."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "change")}
+
+
+def _path() -> tuple[Row, ...]:
+    base = Row("1997", "the 1997 protocol: 1997 LSTM (2 blocks of 2 cells), truncated gradient, squared error, "
+                       "online SGD lr 0.5")
+    full = dataclasses.replace(base, name="full-gradient", change="full gradient (BPTT) instead of truncated",
+                               gradient="full")
+    ce = dataclasses.replace(full, name="cross-entropy", change="softmax cross-entropy instead of squared error "
+                             "on sigmoid outputs", loss="cross_entropy")
+    adam = dataclasses.replace(ce, name="adam", change="Adam 2e-3, clipped at norm 1, instead of SGD 0.5 (still "
+                               "online)", optimizer="adam", lr=2e-3, clip_norm=1.0)
+    batch = dataclasses.replace(adam, name="batch-16", change="batches of 16 instead of one sequence per update",
+                                batch_size=16)
+    cell = dataclasses.replace(batch, name="forget-gate", change="today's LSTM cell (forget gate, a gate set per "
+                               "cell, tanh), 4 cells, flax's initialisation (zero gate biases)", cell="lstm")
+    chrono = dataclasses.replace(cell, name="chrono", change="chrono gate biases instead of zeros",
+                                 lstm_init="chrono")
+    wide = dataclasses.replace(chrono, name="hidden-64", change="hidden 64 instead of 4 (= pipelines.experiment's "
+                               "defaults)", hidden=64)
+    return (base, full, ce, adam, batch, cell, chrono, wide)
+
+
+PATH: tuple[Row, ...] = _path()
+"""The rows, from the 1997 protocol to today's defaults; the truncated gradient exists for the 1997 cell
+only, so the gradient changes before the cell, and width comes last (the 1997 gate-bias scheme, -2 per
+block, does not extend to 32 blocks)."""
+ROWS = {r.name: r for r in PATH}
+STOP = trials.StopRule(window=2000, correct_by="argmax", max_error=None)
+"""The one stop rule of every row."""
+PAPER_MEAN = replicate.PAPER["6a"]["mean_sequences"]
+CONFIG = "hard"
+DEFAULT_BUDGET = 100_000
+RESULT_FILES = ("results.json", "results.md", "factors.png")
+
+
+def learner_for(row: Row, num_classes: int) -> trials.Learner:
+    """The row's learner."""
+    tx = trials.optimizer(row.optimizer, row.lr, row.clip_norm)
+    if row.cell == "lstm1997":
+        method = "rtrl" if row.gradient == "truncated" else "autodiff"
+        return trials.lstm1997_learner(num_classes=num_classes, blocks=row.hidden // 2, gradient=row.gradient,
+                                       method=method, loss=row.loss, tx=tx, batch_size=row.batch_size)
+    return trials.classifier_learner(num_classes=num_classes, hidden=row.hidden, lstm_init=row.lstm_init,
+                                     loss=row.loss, tx=tx, batch_size=row.batch_size)
+
+
+def summarize(trial_rows: list[dict]) -> dict:
+    """Solved count, and median, min and max of sequences-to-solve over the solved trials."""
+    solved = [r["sequences_to_stop"] for r in trial_rows if r["solved"]]
+    out = {"trials": len(trial_rows), "solved": len(solved)}
+    if solved:
+        out.update(median=statistics.median(solved), min=min(solved), max=max(solved))
+    out["median_wrong_of_2560"] = statistics.median(r["wrong_of_2560_argmax"] for r in trial_rows)
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The factor table."""
+    s = result["settings"]
+    lines = [f"# From the 1997 protocol to today's training, one factor at a time (`{s['config']}`)", "",
+             f"{s['trials']} trials per row (seeds {s['seed']}..{s['seed'] + s['trials'] - 1}), budget "
+             f"{s['budget']:,} training sequences per trial. Stop rule (every row): {result['stop_rule']}.", "",
+             "| row | change from the row above | solved | median sequences to solve | range | "
+             "x the 1997 row | median wrong of 2560 (argmax) |", "|---|---|---|---|---|---|---|"]
+    base = None
+    for row in result["rows"]:
+        m = row["summary"]
+        if base is None:
+            base = m.get("median")
+        ratio = f"{m['median'] / base:.2f}" if m.get("median") and base else "-"
+        med = f"{m['median']:,.0f}" if m.get("median") else "not solved"
+        rng = f"{m['min']:,}-{m['max']:,}" if m.get("median") else f"> {s['budget']:,}"
+        lines.append(f"| {row['name']} | {row['change']} | {m['solved']}/{m['trials']} | {med} | {rng} | {ratio} | "
+                     f"{m['median_wrong_of_2560']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Every trial's sequences-to-solve per row (x at the budget when unsolved), medians marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    rows, budget = result["rows"], result["settings"]["budget"]
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 2.0))
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        solved = [t["sequences_to_stop"] for t in row["trials"] if t["solved"]]
+        unsolved = len(row["trials"]) - len(solved)
+        ax.scatter(solved, [y] * len(solved), color="C0", s=18, alpha=0.7, zorder=3)
+        if unsolved:  # spread vertically a little, so that each unsolved trial shows
+            ax.scatter([budget] * unsolved, [y + 0.08 * (k - (unsolved - 1) / 2) for k in range(unsolved)],
+                       color="C3", marker="x", s=24, zorder=3)
+        if solved:
+            ax.scatter([statistics.median(solved)], [y], color="black", marker="|", s=300, zorder=4)
+        ax.annotate(f"{len(solved)}/{len(row['trials'])}", (1.01, y), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8)
+    ax.axvline(PAPER_MEAN, color="grey", linestyle="--", linewidth=1)
+    ax.annotate(f"paper's mean under its own stop rule ({PAPER_MEAN:,})", (PAPER_MEAN, len(rows) - 0.45),
+                fontsize=7, color="grey", ha="center")
+    ax.set_yticks(range(len(rows)), [r["name"] for r in reversed(rows)])
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+    ax.set_xlabel("training sequences until the 2,000 most recent were all classified right (log scale)")
+    ax.set_ylim(-0.6, len(rows) - 0.2)
+    handles = [plt.Line2D([], [], color="C0", marker="o", linestyle="", label="a trial"),
+               plt.Line2D([], [], color="black", marker="|", markersize=12, linestyle="", label="median of solved"),
+               plt.Line2D([], [], color="C3", marker="x", linestyle="", label=f"not solved in {budget:,}")]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    ax.set_title("From the 1997 protocol (top) to today's training (bottom), one change per row; solved at right",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    reporting.save_figure(fig, path)
+
+
+def write(result: dict, out: Path) -> None:
+    """results.json, results.md and factors.png."""
+    reporting.write_json(out / "results.json", result)
+    reporting.write_text(out / "results.md", markdown(result))
+    plot(result, out / "factors.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Trains every row (or the rows not yet in --out) and writes the table and plot."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.factors", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=replicate.positive_int, default=10, help="trials (seeds) per row (default 10)")
+    p.add_argument("--seed", type=replicate.non_negative_int, default=0, help="trial i of a row uses seed SEED+i")
+    p.add_argument("--budget", type=replicate.positive_int, default=DEFAULT_BUDGET,
+                   help=f"training sequences per trial at most (default {DEFAULT_BUDGET:,}, the whole hard split)")
+    p.add_argument("--rows", nargs="+", default=[r.name for r in PATH], choices=[r.name for r in PATH],
+                   metavar="ROW", help="rows to run, of: " + ", ".join(r.name for r in PATH) + " (default: all)")
+    p.add_argument("--config", default=CONFIG, help="dataset config with 4 classes (default: hard); built first if "
+                   "missing")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QRSU_DATA_DIR, else ~/qrsu_data)")
+    p.add_argument("--out", default="results/factors", help="output folder (default: results/factors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    try:
+        num_classes = trials.num_classes_of(args.config)
+    except ValueError as e:
+        p.error(f"--config: {e}")
+    if num_classes != 4:
+        p.error(f"--config {args.config!r} has {num_classes} classes; the factor study runs on Exp. 6a (4 classes)")
+    settings = {"config": args.config, "trials": args.trials, "seed": args.seed, "budget": args.budget}
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file, not a folder")
+    done: dict[str, dict] = {}
+    if (out / "results.json").exists():
+        try:
+            held = json.loads((out / "results.json").read_text())
+            held_settings, held_rows = held["settings"], held["rows"]
+        except (ValueError, KeyError, TypeError):
+            p.error(f"--out {out} holds a results.json that is not a factor study's; choose another --out")
+        if held_settings != settings:
+            diff = ", ".join(f"{k} {held_settings.get(k)!r} (now {v!r})" for k, v in settings.items()
+                             if held_settings.get(k) != v)
+            p.error(f"--out {out} already holds results of other settings: {diff}; choose another --out or "
+                    f"delete it")
+        # Resume: a row already there under the same learner settings is kept.
+        done = {r["name"]: r for r in held_rows if r["name"] in ROWS and r["settings"] == ROWS[r["name"]].settings()}
+
+    trials.ensure_built(args.config, args.data_dir)
+    train = trials.load_split(args.config, "train", args.data_dir)
+    test = trials.load_split(args.config, "test", args.data_dir).head(trials.PAPER_TEST)
+    seeds = trials.trial_seeds(args.seed, args.trials)
+    result = {"settings": settings, "stop_rule": STOP.describe(), "rows": []}
+    out.mkdir(parents=True, exist_ok=True)
+    for row in PATH:
+        if row.name not in done and row.name not in args.rows:
+            continue
+        if row.name in done:
+            print(f"{row.name}: kept from {out / 'results.json'}", flush=True)
+            result["rows"].append(done[row.name])
+            continue
+        t0 = time.perf_counter()
+        learner = learner_for(row, num_classes)
+        outcomes, params = trials.train_trials(learner, train, seeds, budget=args.budget, rule=STOP,
+                                               progress=not args.no_progress, desc=row.name)
+        _, wrong = trials.wrong_answers(learner, params, test)
+        rows = [{**dataclasses.asdict(o), "wrong_of_2560_argmax": int(w)} for o, w in zip(outcomes, wrong)]
+        entry = {"name": row.name, "change": row.change, "settings": row.settings(), "summary": summarize(rows),
+                 "trials": rows, "wall_s": round(time.perf_counter() - t0, 1)}
+        result["rows"].append(entry)
+        m = entry["summary"]
+        med = f"median {m['median']:,.0f} (range {m['min']:,}-{m['max']:,})" if m.get("median") else "none solved"
+        print(f"{row.name}: {m['solved']}/{m['trials']} solved, {med}, {entry['wall_s']:.0f} s", flush=True)
+        reporting.write_json(out / "results.json", result)  # after every row: a rerun resumes from here
+    write(result, out)
+    print(f"\n{markdown(result)}\nWrote {', '.join(RESULT_FILES)} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

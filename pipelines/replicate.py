@@ -1,0 +1,259 @@
+"""The 1997 experiment itself (Hochreiter & Schmidhuber, Experiment 6, Table 9): ``python -m pipelines.replicate``.
+
+The 1997 LSTM (``qrsu_models.lstm1997``: 2 memory-cell blocks of size 2 for 6a, 3 for 6b, no forget gate,
+truncated gradient) trained online: one training sequence, one plain gradient step (learning rate 0.5 for
+6a, 0.1 for 6b, no momentum) on the squared error at the last step against 0/1 targets, until the 2,000
+most recent training sequences were all correct (every output within 0.3 of its target, judged before each
+update) and their mean error was below 0.1; then the first 2,560 test sequences are classified. Trials are
+independent networks (seeds ``--seed``, ``--seed``+1, ...) trained side by side in one program, each reading
+the train split in its own seeded order, so no trial sees a sequence twice.
+
+Writes results.json, results.md and sequences_to_solve.png (an ECDF with the paper's mean) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import reporting, trials
+
+EXPERIMENTS = ("6a", "6b")
+PAPER = {"6a": {"mean_sequences": 31_390, "trials": 20, "wrong_of_2560": 1},
+         "6b": {"mean_sequences": 571_100, "trials": 10, "wrong_of_2560": 2}}
+"""Table 9 of the 1997 paper: mean training sequences until the stop rule held, trials, test errors."""
+DEFAULTS = {"6a": {"config": "hard", "lr": 0.5}, "6b": {"config": "exp6b-train2000000", "lr": 0.1}}
+"""Per experiment: the dataset config (6b's slowest trials need well over 100,000 sequences) and the
+paper's learning rate."""
+BOOTSTRAP_RESAMPLES = 10_000
+RESULT_FILES = ("results.json", "results.md", "sequences_to_solve.png")
+
+
+def bootstrap_ci(values: list[int], seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float] | None:
+    """A percentile bootstrap 95% interval of the mean of ``values`` (seeded); None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    data = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return round(float(lo), 1), round(float(hi), 1)
+
+
+def summarize(rows: list[dict], seed: int) -> dict:
+    """Over trials: solved count, and mean, median, min, max and bootstrap 95% CI of sequences-to-stop."""
+    solved = [r["sequences_to_stop"] for r in rows if r["solved"]]
+    summary = {"trials": len(rows), "solved": len(solved), "exhausted_split": sum(r["exhausted_split"] for r in rows)}
+    if solved:
+        summary.update(mean=round(statistics.fmean(solved), 1), median=statistics.median(solved), min=min(solved),
+                       max=max(solved), sd=round(statistics.stdev(solved), 1) if len(solved) > 1 else None,
+                       ci95=bootstrap_ci(solved, seed))
+    summary["mean_wrong_of_2560"] = round(statistics.fmean(r["wrong_of_2560"] for r in rows), 2)
+    summary["mean_wrong_of_2560_argmax"] = round(statistics.fmean(r["wrong_of_2560_argmax"] for r in rows), 2)
+    return summary
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def markdown(result: dict) -> str:
+    """The Table-9 comparison and the per-trial table."""
+    s, paper, settings = result["summary"], result["paper"], result["settings"]
+    ci = s.get("ci95")
+    lines = [
+        f"# Experiment {settings['experiment']}: the 1997 protocol",
+        "",
+        f"Config `{settings['config']}`, {settings['trials']} trials (seeds {settings['seed']}.."
+        f"{settings['seed'] + settings['trials'] - 1}), {settings['gradient']} gradient, online SGD lr "
+        f"{settings['lr']:g}, gate biases on the {settings['biased_gate']} gates, budget "
+        + (f"{settings['budget']:,} sequences per trial." if settings["budget"] else "the whole train split."),
+        f"Stop rule: {result['stop_rule']}.",
+        "",
+        "| | trials | solved | mean sequences | 95% CI of the mean | median | min | max | wrong of 2560 (0.3 rule) "
+        "| wrong of 2560 (argmax) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| this replication | {s['trials']} | {s['solved']} | {_num(s.get('mean'))} | "
+        + (f"{ci[0]:,.0f}-{ci[1]:,.0f}" if ci else "-")
+        + f" | {_num(s.get('median'))} | {_num(s.get('min'))} | {_num(s.get('max'))} | "
+          f"{s['mean_wrong_of_2560']:g} (mean) | {s['mean_wrong_of_2560_argmax']:g} (mean) |",
+        f"| paper (Table 9) | {paper['trials']} | | {paper['mean_sequences']:,} | | | | | {paper['wrong_of_2560']} | |",
+        "",
+    ]
+    if s.get("mean"):
+        lines += [f"Mean / paper's mean: {s['mean'] / paper['mean_sequences']:.2f}.", ""]
+    lines += ["| trial | seed | solved | sequences to stop | sequences trained | wrong of 2560 (0.3 rule) "
+              "| wrong of 2560 (argmax) | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["trials"]:
+        note = "exhausted the train split" if r["exhausted_split"] else ("budget spent" if not r["solved"] else "")
+        lines.append(f"| {r['trial']} | {r['seed']} | {'yes' if r['solved'] else 'no'} | "
+                     f"{_num(r['sequences_to_stop'])} | {r['sequences_trained']:,} | {r['wrong_of_2560']} | "
+                     f"{r['wrong_of_2560_argmax']} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """An ECDF of the trials' sequences-to-stop with the paper's mean (and ours) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, paper = result["trials"], result["paper"]
+    solved = sorted(r["sequences_to_stop"] for r in rows if r["solved"])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if solved:
+        xs = [solved[0], *solved]
+        ys = [0.0, *[(i + 1) / len(rows) for i in range(len(solved))]]
+        ax.step(xs, ys, where="post", label=f"this replication ({len(solved)}/{len(rows)} solved)")
+        ax.axvline(statistics.fmean(solved), color="C0", linestyle=":", label=f"mean {statistics.fmean(solved):,.0f}")
+    ax.axvline(paper["mean_sequences"], color="black", linestyle="--",
+               label=f"paper's mean {paper['mean_sequences']:,} ({paper['trials']} trials)")
+    ax.set_xlabel("training sequences until the stop rule held")
+    ax.set_ylabel("fraction of trials")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Experiment {result['settings']['experiment']}, 1997 LSTM and protocol")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    reporting.save_figure(fig, path)
+
+
+def check_out(p: argparse.ArgumentParser, out: Path, settings: dict) -> None:
+    """Refuses (exit 2) an --out that is a file or already holds results of other settings."""
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file, not a folder")
+    path = out / "results.json"
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            p.error(f"--out {out} holds a results.json that is not a replication's; choose another --out")
+        if held != settings:
+            diff = ", ".join(f"{k} {held.get(k)!r} (now {v!r})" for k, v in settings.items() if held.get(k) != v)
+            p.error(f"--out {out} already holds results of other settings: {diff}; choose another --out or "
+                    f"delete it")
+
+
+def _flag_type(kind: type, ok, what: str):
+    """An argparse type: ``kind(text)`` when ``ok`` of it holds, else an error naming the value."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _flag_type(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _flag_type(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _flag_type(float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.replicate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default="6a", choices=EXPERIMENTS, help="6a (2 relevant symbols, 4 classes) "
+                   "or 6b (3, 8 classes)")
+    p.add_argument("--trials", type=positive_int, default=None,
+                   help="independent networks (default: the paper's, 20 for 6a, 10 for 6b)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="trial i uses seed SEED+i (initial weights "
+                   "and its order of the train split); also seeds the bootstrap")
+    p.add_argument("--gradient", default="truncated", choices=("truncated", "full"),
+                   help="the paper's truncated gradient, or full backpropagation through time")
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help="training sequences per trial at most (default: the whole train split)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 0.5 for 6a, 0.1 for 6b)")
+    p.add_argument("--biased-gate", default="input", choices=("input", "output"),
+                   help="which gate of each block starts with the bias -2, -4, -6 (default: input)")
+    p.add_argument("--error-window", type=positive_int, default=2000,
+                   help="the stop rule's mean training error is over this many most recent sequences (the paper "
+                        "does not say; default 2000, the window of its other condition)")
+    p.add_argument("--config", default=None, help="dataset config (default: hard for 6a, exp6b-train2000000 for "
+                   "6b); built first if missing")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QRSU_DATA_DIR, else ~/qrsu_data)")
+    p.add_argument("--out", default=None, help="output folder (default: results/replicate-6a or -6b)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Trains the trials, tests them and writes the results."""
+    p = parser()
+    args = p.parse_args(argv)
+    exp = args.experiment
+    config = args.config or DEFAULTS[exp]["config"]
+    try:
+        num_classes = trials.num_classes_of(config)
+    except ValueError as e:
+        p.error(f"--config: {e}")
+    wanted = 4 if exp == "6a" else 8
+    if num_classes != wanted:
+        p.error(f"--config {config!r} has {num_classes} classes; experiment {exp} needs {wanted} "
+                f"(e.g. {DEFAULTS[exp]['config']!r})")
+    settings = {"experiment": exp, "config": config, "trials": args.trials or PAPER[exp]["trials"],
+                "seed": args.seed, "gradient": args.gradient, "budget": args.budget,
+                "lr": args.lr or DEFAULTS[exp]["lr"], "biased_gate": args.biased_gate,
+                "error_window": args.error_window}
+    out = Path(args.out or f"results/replicate-{exp}")
+    check_out(p, out, settings)
+
+    if args.error_window > trials.MAX_WINDOW:
+        p.error(f"--error-window must be at most {trials.MAX_WINDOW:,}, got {args.error_window:,}")
+    rule = dataclasses.replace(trials.PAPER_STOP, error_window=args.error_window)
+    t0 = time.perf_counter()
+    trials.ensure_built(config, args.data_dir)
+    train = trials.load_split(config, "train", args.data_dir)
+    test = trials.load_split(config, "test", args.data_dir)
+    if len(test) < trials.PAPER_TEST:
+        p.error(f"--config {config!r} has {len(test)} test sequences; the paper's test needs {trials.PAPER_TEST}")
+    test = test.head(trials.PAPER_TEST)
+    budget = args.budget or len(train)
+    learner = trials.lstm1997_learner(
+        num_classes=num_classes, gradient=args.gradient, method="rtrl" if args.gradient == "truncated" else
+        "autodiff", loss="squared_error", tx=trials.optimizer("sgd", settings["lr"]), biased_gate=args.biased_gate)
+    seeds = trials.trial_seeds(args.seed, settings["trials"])
+    print(f"Experiment {exp}: {len(seeds)} trials side by side on {config!r} ({len(train):,} training sequences, "
+          f"at most {min(budget, len(train)):,} per trial), lr {settings['lr']:g}, {args.gradient} gradient",
+          flush=True)
+    t_train = time.perf_counter()
+    outcomes, params = trials.train_trials(learner, train, seeds, budget=budget, rule=rule,
+                                           progress=not args.no_progress, desc=f"exp {exp}")
+    train_s = time.perf_counter() - t_train
+    wrong_rule, wrong_argmax = trials.wrong_answers(learner, params, test)
+    rows = [{**dataclasses.asdict(o), "wrong_of_2560": int(a), "wrong_of_2560_argmax": int(b)}
+            for o, a, b in zip(outcomes, wrong_rule, wrong_argmax)]
+    for r in rows:
+        if r["exhausted_split"]:
+            print(f"trial {r['trial']} (seed {r['seed']}) exhausted the train split ({len(train):,} sequences) "
+                  f"without meeting the stop rule", flush=True)
+    result = {"settings": settings, "stop_rule": rule.describe(), "paper": PAPER[exp],
+              "summary": summarize(rows, args.seed), "trials": rows,
+              "timing": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - t0, 1),
+                         "load_average_1min": round(os.getloadavg()[0], 2)}}
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(result)
+    reporting.write_json(out / "results.json", result)
+    reporting.write_text(out / "results.md", table)
+    plot(result, out / "sequences_to_solve.png")
+    print(f"\n{table}\nTraining took {train_s:.1f} s ({result['timing']['total_s']:.1f} s in all). "
+          f"Wrote {', '.join(RESULT_FILES)} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
