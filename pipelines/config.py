@@ -76,7 +76,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Returns self, or raises ValueError naming the bad setting and its valid choices."""
-        registry.get(self.model)  # a registered name or package.module:Class
+        spec = registry.get(self.model)  # a registered name or package.module:Class
+        if "hidden" not in spec.options() and self.hidden != TrainConfig.hidden:
+            raise ValueError(f"model {self.model!r} has no --hidden; set its size with --model-options (its options: "
+                             f"{', '.join(spec.options()) or 'none'})")
         try:
             store.check_config(self.difficulty)
         except ValueError:

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from qrsu_data import task
-from qrsu_models import classifier
+from qrsu_models import classifier, lstm1997
 
 CONTEXT_ARGS = ("num_classes", "vocab_size", "max_length", "rngs")
 """Constructor arguments the registry supplies itself; every other keyword argument is an option."""
@@ -140,3 +140,16 @@ register(ModelSpec("rnn", _recurrent_classifier("rnn"), "the seed notebook's Sim
 register(ModelSpec("lstm", _recurrent_classifier("lstm"), "LSTM with forget gate (flax LSTMCell), chrono biases",
                    "Hochreiter & Schmidhuber 1997; Gers et al. 2000; Tallec & Ollivier 2018"))
 register(ModelSpec("gru", _recurrent_classifier("gru"), "GRU (flax GRUCell)", "Cho et al. 2014"))
+
+
+def _lstm1997(*, num_classes: int, vocab_size: int, rngs: nnx.Rngs, cells: int | None = None,
+              gate_biases: tuple[float, ...] | None = None, biased_gate: str = "input",
+              gradient: str = "truncated") -> nnx.Module:
+    # The paper's size by default (2 blocks of 2 cells for 4 classes, 3 for 8): its width is an option of its
+    # own, not --hidden, whose default of 64 would make 32 blocks.
+    return lstm1997.LSTM1997(num_classes=num_classes, vocab_size=vocab_size, hidden=cells, gate_biases=gate_biases,
+                             biased_gate=biased_gate, gradient=gradient, rngs=rngs)
+
+
+register(ModelSpec("lstm1997", _lstm1997, "the 1997 LSTM: blocks of 2 cells sharing input and output gates, no "
+                   "forget gate, truncated gradient (docs/replication.md)", "Hochreiter & Schmidhuber 1997"))

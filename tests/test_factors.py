@@ -1,7 +1,6 @@
 """The factor study: its path from the 1997 protocol to today's defaults, and python -m pipelines.factors."""
 
 import dataclasses
-import inspect
 import json
 import os
 
@@ -18,9 +17,9 @@ def test_the_path_starts_at_the_1997_protocol_and_ends_at_todays_defaults():
     first, last = factors.PATH[0], factors.PATH[-1]
     assert (first.cell, first.hidden, first.gradient, first.loss, first.optimizer, first.lr, first.batch_size,
             first.clip_norm) == ("lstm1997", 4, "truncated", "squared_error", "sgd", 0.5, 1, 0.0)
-    run_one = inspect.signature(experiment.run_one).parameters
+    defaults = {f.name: f.default for f in dataclasses.fields(experiment.RunSpec)}
     assert (last.batch_size, last.lr, last.clip_norm, last.hidden) == tuple(
-        run_one[k].default for k in ("batch_size", "lr", "clip_norm", "hidden"))
+        defaults[k] for k in ("batch_size", "lr", "clip_norm", "hidden"))
     assert last.cell == "lstm" and last.loss == "cross_entropy" and last.optimizer == TrainConfig.optimizer
     assert last.lstm_init == TrainConfig(model="lstm").validate().lstm_init == "chrono"
 
