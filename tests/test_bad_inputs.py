@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import build_dataset, evaluate, experiment, predict, train
+from pipelines import build_dataset, evaluate, experiment, export, predict, replicate, train
 from pipelines.config import TrainConfig
 from qrsu_data import store
 
 COMMANDS = {"train": train.main, "evaluate": evaluate.main, "predict": predict.main, "experiment": experiment.main,
-            "build": build_dataset.main}
+            "build": build_dataset.main, "export": export.main, "replicate": replicate.main}
 
 # (command, arguments, exit code, text stderr must hold). In arguments, DATA is a built data dir, RUN a workdir
 # holding a trained run, FILE a plain file, EMPTY an empty folder, BADCONFIG a run whose config.json is damaged,
@@ -101,6 +101,24 @@ CASES = [
     ("experiment", ["--data-dir", ""], 2, "the data dir is empty"),
     ("experiment", ["--out", "FILE"], 1, "is a file, not a folder"),
     ("experiment", ["--replot", "EMPTY"], 1, "results.json does not exist"),
+    ("build", ["--config", "medium", "--data-dir", "DATA"], 2, "unknown config 'medium'"),
+    ("build", ["--seed", "-1", "--data-dir", "DATA"], 2, "argument --seed: must be an integer >= 0, got -1"),
+    ("build", ["--num-processes", "0"], 2, "argument --num-processes: must be an integer >= 1, got 0"),
+    ("build", ["--data-dir", "FILE"], 2, "is a file, not a folder"),
+    ("build", ["--data-dir", ""], 2, "the data dir is empty"),
+    ("build", ["--train-size", "99999999999999", "--data-dir", "DATA"], 2, "GB on disk"),
+    ("build", ["--train-size", "-5"], 2, "argument --train-size: must be an integer >= 1, got -5"),
+    ("build", ["--file-format", "csv"], 2, "invalid choice: 'csv'"),
+    ("build", ["--level", "{bad"], 2, "level JSON '{bad' does not parse"),
+    ("build", ["--level", '{"length": [10, 20], "positions": [[5, 8], [6, 9]]}'], 2, "overlap"),
+    ("export", ["--config", "hard", "--format", "csv", "--out", "NEW"], 2, "invalid choice: 'csv'"),
+    ("export", ["--config", "easy", "--out", "FILE", "--data-dir", "DATA"], 2, "is a file"),
+    ("export", ["--config", "medium", "--out", "NEW"], 2, "unknown config 'medium'"),
+    ("export", ["--config", "easy", "--out", ""], 2, "the export folder is empty"),
+    ("replicate", ["--experiment", "6c"], 2, "invalid choice: '6c'"),
+    ("replicate", ["--trials", "0"], 2, "--trials"),
+    ("replicate", ["--seed", "-1"], 2, "--seed"),
+    ("replicate", ["--out", "FILE"], 2, "is a file"),
 ]
 
 
