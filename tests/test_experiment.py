@@ -1,11 +1,12 @@
-"""The experiment grid in --quick mode: runs, stops when solved, saves each run, resumes, and reproduces."""
+"""The experiment in --quick mode (the leaderboard's protocol on two families): runs, learning-rate selection on
+validation, length generalisation, TensorBoard events, resuming, and the same table from the same seeds."""
 
 import json
 import os
 
 import pytest
 
-from pipelines import experiment
+from pipelines import experiment, leaderboard, solving
 
 from conftest import read_events
 
@@ -22,47 +23,72 @@ def first(data_dir, tmp_path_factory):
     return out
 
 
-def test_quick_experiment_writes_results(first):
+def test_quick_runs_the_protocol_on_two_families(first):
     rows = json.loads((first / "results.json").read_text())
-    assert {(r["cell"], r["level"]) for r in rows} == {("rnn", "easy"), ("lstm", "easy")}
-    lstm = next(r for r in rows if r["cell"] == "lstm")
-    assert lstm["solved"] and lstm["sequences_to_solve"] <= 3200 and lstm["test_accuracy"] >= 0.99
-    assert lstm["sequences_trained"] == lstm["sequences_to_solve"]  # stopped when solved
-    assert 0 <= lstm["wrong_of_2560"] <= 26
-    assert lstm["parameters"] == 18_948 and lstm["state_size"] == 128
-    for name in ("results.csv", "results.md", "sequences_to_solve.png", "accuracy_by_level.png",
-                 "learning_curves.png", "runs/lstm-easy-seed0.json", "runs/rnn-easy-seed0.json"):
+    # Each family: its three learning rates on seed 0, then seeds 1 and 2 at the chosen one.
+    assert len(rows) == 10 and {r["cell"] for r in rows} == {"lstm", "gru"}
+    for cell in ("lstm", "gru"):
+        runs = [r for r in rows if r["cell"] == cell]
+        assert sorted(r["lr"] for r in runs if r["seed"] == 0) == list(experiment.FAMILIES[cell].lrs)
+        chosen = {r["lr"] for r in runs if r["seed"] > 0}
+        assert len(chosen) == 1 and sorted(r["seed"] for r in runs if r["lr"] in chosen) == [0, 1, 2]
+    lstm = [r for r in rows if r["cell"] == "lstm"]
+    assert all(r["solved"] and r["sequences_trained"] == r["sequences_to_solve"] <= 3200 for r in lstm)
+    assert all(r["validation_accuracy"] >= 0.99 and r["test_accuracy"] > 0.95 for r in lstm)
+    assert lstm[0]["parameters"] == 18_948 and lstm[0]["state_size"] == 128
+    for name in ("results.csv", "results.md", "sequences_to_solve.png", "learning_curves.png", "lengthgen.md",
+                 "lengthgen.png", "lengthgen.json"):
         assert (first / name).stat().st_size > 0
-    assert "| easy |" in (first / "results.md").read_text()
-    events = read_events(first / "events" / "lstm-easy-seed0")  # `tensorboard --logdir OUT/events` compares runs
-    assert [(s, pytest.approx(a)) for s, a in events["validation/accuracy"]] == [tuple(p) for p in lstm["curve"]]
+    table = (first / "results.md").read_text()
+    assert "| family | parameters | state | easy |" in table and "| lstm | 18,948 | 128 | 3/3, " in table
+
+
+def test_the_learning_rate_is_chosen_on_validation_by_the_stated_rule(first):
+    results = experiment.load_results(first)
+    for (cell, level), sel in leaderboard.select(results).items():
+        seed0 = {r.lr: r for r in results if r.cell == cell and r.seed == 0}
+        # Most solved, then fewest sequences to solve, then the highest validation accuracy.
+        best = max(seed0.values(), key=lambda r: (r.solved, -(r.sequences_to_solve or 1e12), r.validation_accuracy))
+        assert sel.lr == best.lr and [r.seed for r in sel.runs] == [0, 1, 2]
+
+
+def test_length_generalisation_and_tensorboard_events(first):
+    record = json.loads((first / "lengthgen.json").read_text())
+    assert record["trained_on"] == "easy"
+    assert set(record["accuracy"]) == {"lstm", "gru"}
+    assert all(set(per) == {"easy-len16", "easy-len32"} and len(per["easy-len16"]) == 3
+               for per in record["accuracy"].values())
+    run = json.loads(next((first / "runs").glob("lstm-easy-*-seed1.json")).read_text())["result"]
+    events = read_events(first / "events" / next((first / "runs").glob("lstm-easy-*-seed1.json")).stem)
+    assert [(s, pytest.approx(a)) for s, a in events["validation/accuracy"]] == [tuple(p) for p in run["curve"]]
+    assert [a for _, a in events["test/accuracy"]] == [pytest.approx(run["test_accuracy"])]
 
 
 def test_same_seeds_same_table(first, data_dir, tmp_path):
-    assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(tmp_path / "b")]) == 0
+    assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(tmp_path / "b"),
+                            "--lengthgen-lengths"]) == 0
     assert (first / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
 
 
 def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsys, monkeypatch):
     trained = []
-    real = experiment.run_one
+    real = solving.run_one
     monkeypatch.setattr(experiment, "run_one", lambda spec, d=None, **k: trained.append(spec.key) or real(spec, d, **k))
     table = (first / "results.md").read_text()
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
-    assert trained == [] and "2 of the 2 runs are done already" in capsys.readouterr().out
+    assert trained == [] and "10 runs are done already" in capsys.readouterr().out
     assert (first / "results.md").read_text() == table
-    # Another seed of the same settings: only the new run trains, and the table holds all three.
-    assert experiment.main(["--cells", "lstm", "--levels", "easy", "--seeds", "1", "--budget", "3200",
-                            "--check-every", "320", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
-    assert trained == ["lstm-easy-seed1"]
-    assert len(json.loads((first / "results.json").read_text())) == 3
+    # Another seed of the same settings: only the new run trains, and the table holds it.
+    assert experiment.main(["--quick", "--cells", "lstm", "--seeds", "0", "1", "2", "3", "--data-dir", data_dir,
+                            "--out", os.fspath(first), "--lengthgen-lengths"]) == 0
+    assert len(trained) == 1 and trained[0].startswith("lstm-easy-") and trained[0].endswith("-seed3")
 
 
 def test_runs_of_other_settings_are_refused_before_anything_trains(first, data_dir, capsys):
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
-    assert experiment.main(["--quick", "--lr", "1e-3", "--data-dir", data_dir, "--out", os.fspath(first)]) == 1
+    assert experiment.main(["--quick", "--clip-norm", "0", "--data-dir", data_dir, "--out", os.fspath(first)]) == 1
     err = capsys.readouterr().err
-    assert "holds runs of other settings" in err and "lr: saved 0.002, asked 0.001" in err
+    assert "holds runs of other settings" in err and "clip_norm: saved 1.0, asked 0.0" in err
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
 
 
@@ -78,12 +104,15 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
     rows = [dict(cell=cell, level="hard", seed=seed, solved=cell == "lstm", sequences_to_solve=4000 + seed
                  if cell == "lstm" else None, sequences_trained=4000 + seed if cell == "lstm" else 32000,
                  test_accuracy=0.995 if cell == "lstm" else 0.25, wrong_of_2560=3, wall_time_s=1.0,
-                 curve=[[320, 0.25], [4000, 0.995]]) for cell in ("rnn", "lstm") for seed in (0, 1, 2)]
+                 curve=[[320, 0.25], [4000, 0.995]], parameters=100, state_size=8)
+            for cell in ("rnn", "lstm") for seed in (0, 1, 2)]
     (tmp_path / "results.json").write_text(json.dumps(rows))
     assert experiment.main(["--replot", os.fspath(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
-    assert "| hard | 0/3 solved, not solved, acc 0.250 | 3/3 solved, 4,001 seq, acc 0.995 | 31,390 seq |" in table
-    for name in ("sequences_to_solve.png", "accuracy_by_level.png", "learning_curves.png", "results.csv"):
+    assert "| lstm | 100 | 8 | 3/3, 4,001 (4,000-4,002), acc 0.995 |" in table
+    assert "| rnn | 100 | 8 | 0/3, acc 0.250 |" in table
+    assert "| 1997 LSTM (paper, mean) | 156 / 308 |  | 31,390 |" in table
+    for name in ("sequences_to_solve.png", "learning_curves.png", "results.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert experiment.main(["--replot", os.fspath(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,217 @@
+"""The leaderboard: every family on every level under one protocol, built from the experiment's saved runs.
+
+For each (family, level) the learning rate is chosen on validation, from the runs of the seeds that every
+learning rate of the grid was tried with: most runs solved, then the fewest training sequences to solve
+(median), then the highest validation accuracy. The chosen learning rate's runs, every seed, give the row:
+runs solved, median and range of the training sequences to solve, median test accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from pipelines import reporting
+from pipelines.solving import SOLVED_ERROR, RunResult
+from qrsu_data import task
+
+PAPER_1997 = {"hard": 31_390, "exp6b": 571_100}
+"""Mean training sequences the 1997 LSTM needed (Table 9): Exp. 6a (= hard) and Exp. 6b."""
+
+
+class Selection(NamedTuple):
+    """A (family, level)'s chosen learning rate, the runs at it, and every candidate's figures."""
+
+    lr: float | None
+    runs: list[RunResult]
+    candidates: dict[float | None, tuple[int, float, float]]  # lr -> (solved, median to solve, median val acc)
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _rank(runs: list[RunResult]) -> tuple[int, float, float]:
+    solved = [r.sequences_to_solve for r in runs if r.solved]
+    val = [r.validation_accuracy if r.validation_accuracy is not None else r.test_accuracy for r in runs]
+    return len(solved), _median(solved) if solved else math.inf, _median(val)
+
+
+def select(results: list[RunResult], lrs: Sequence[float] | None = None) -> dict[tuple[str, str], Selection]:
+    """Per (family, level): the learning rate chosen on validation (among ``lrs``, default all) and its runs."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        if lrs is None or r.lr is None or r.lr in lrs:
+            groups.setdefault((r.cell, r.level), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        by_lr: dict[float | None, list[RunResult]] = {}
+        for r in runs:
+            by_lr.setdefault(r.lr, []).append(r)
+        # Only the seeds every candidate was tried with decide (the others ran at the chosen rate afterwards).
+        common = set.intersection(*({r.seed for r in rs} for rs in by_lr.values()))
+        candidates = {lr: _rank([r for r in rs if r.seed in common]) for lr, rs in by_lr.items()}
+        best = max(candidates, key=lambda lr: (candidates[lr][0], -candidates[lr][1], candidates[lr][2]))
+        out[key] = Selection(best, sorted(by_lr[best], key=lambda r: r.seed), candidates)
+    return out
+
+
+def _ordered_keys(selections: dict, families: Sequence[str]) -> tuple[list[str], list[str]]:
+    cells = list(dict.fromkeys([*(f for f in families if any(c == f for c, _ in selections)),
+                                *sorted(c for c, _ in selections)]))
+    levels = [lv for lv in task.LEVELS if any(level == lv for _, level in selections)]
+    levels += sorted({level for _, level in selections} - set(levels))
+    return cells, levels
+
+
+def _cell_text(sel: Selection) -> str:
+    solved = [r.sequences_to_solve for r in sel.runs if r.solved]
+    acc = _median([r.test_accuracy for r in sel.runs])
+    text = f"{len(solved)}/{len(sel.runs)}"
+    if solved:
+        spread = f" ({min(solved):,}-{max(solved):,})" if len(solved) > 1 else ""
+        text += f", {statistics.median(solved):,.0f}{spread}"
+    return text + f", acc {acc:.3f}" + (f", lr {sel.lr:g}" if sel.lr is not None else "")
+
+
+def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: Sequence[float] | None = None) -> str:
+    """Families x levels: runs solved at the chosen learning rate, median (range) sequences to solve, median test
+    accuracy, the learning rate; each family's parameter count and state size; the 1997 LSTM's figures."""
+    selections = select(results, lrs)
+    cells, levels = _ordered_keys(selections, families)
+    lines = ["| family | parameters | state | " + " | ".join(levels) + " |", "|---" * (len(levels) + 3) + "|"]
+    for cell in cells:
+        runs = [r for r in results if r.cell == cell]
+        params = max((r.parameters or 0 for r in runs), default=0)
+        states = [r.state_size for r in runs if r.state_size is not None]
+        row = [cell, f"{params:,}" if params else "", f"{max(states):,}" if states else ""]
+        row += [_cell_text(selections[(cell, lv)]) if (cell, lv) in selections else "" for lv in levels]
+        lines.append("| " + " | ".join(row) + " |")
+    if any(lv in PAPER_1997 for lv in levels):
+        row = ["1997 LSTM (paper, mean)", "156 / 308", ""]
+        row += [f"{PAPER_1997[lv]:,}" if lv in PAPER_1997 else "" for lv in levels]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lengthgen_table(lengthgen: dict[str, dict[str, list[float]]], trained_on: str) -> str:
+    """Families x evaluated configs: median test accuracy over seeds of the models trained on ``trained_on``."""
+    configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: task.get_level(c).max_length)
+    lines = [f"| family (trained on {trained_on}) | " + " | ".join(
+        f"{c} (T {task.get_level(c).max_length:,})" for c in configs) + " |", "|---" * (len(configs) + 1) + "|"]
+    for cell, per in lengthgen.items():
+        lines.append(f"| {cell} | " + " | ".join(f"{_median(per[c]):.3f}" if c in per else "" for c in configs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs: Sequence[float] | None = None,
+         lengthgen: dict[str, dict[str, list[float]]] | None = None, trained_on: str = "") -> None:
+    """sequences_to_solve.png, learning_curves.png and (with ``lengthgen``) lengthgen.png, in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    selections = select(results, lrs)
+    cells, levels = _ordered_keys(selections, families)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3
+    colors = dict(zip(cells, palette))
+
+    # Training sequences to solve at the chosen learning rate: the median of the solved runs (with its range),
+    # an empty hatched bar up to the budget where none solved, and the 1997 LSTM's figures beside them.
+    fig, ax = plt.subplots(figsize=(max(10, 1.6 * len(levels) * (len(cells) + 1) / 4), 5))
+    width = 0.8 / (len(cells) + 1)
+    for i, cell in enumerate(cells):
+        for j, level in enumerate(levels):
+            sel = selections.get((cell, level))
+            if sel is None:
+                continue
+            solved = [r.sequences_to_solve for r in sel.runs if r.solved]
+            x = j + (i - len(cells) / 2) * width
+            if solved:
+                med = statistics.median(solved)
+                ax.bar(x, med, width, color=colors[cell], yerr=[[med - min(solved)], [max(solved) - med]],
+                       error_kw={"elinewidth": 0.8, "capsize": 1.5})
+            else:
+                ax.bar(x, max(r.sequences_trained for r in sel.runs), width, fill=False, hatch="//",
+                       edgecolor=colors[cell])
+    for j, level in enumerate(levels):
+        if level in PAPER_1997:
+            x = j + (len(cells) / 2) * width
+            ax.bar(x, PAPER_1997[level], width, color="black")
+            ax.annotate(f"{PAPER_1997[level]:,}", (x, PAPER_1997[level]), ha="center", va="bottom", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in cells]
+    handles += [plt.Rectangle((0, 0), 1, 1, fill=False, hatch="//"), plt.Rectangle((0, 0), 1, 1, color="black")]
+    ax.legend(handles, [*cells, "not solved (bar: budget)", "1997 LSTM (paper)"], fontsize=7, ncol=2)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_yscale("log")
+    ax.set_ylabel("training sequences to solve (median, range over seeds)")
+    fig.tight_layout()
+    reporting.save_figure(fig, out / "sequences_to_solve.png")
+
+    thousands = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0")
+    ncols = min(3, len(levels))
+    nrows = -(-len(levels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.5 * nrows), squeeze=False)
+    for ax, level in zip(axes.flat, levels):
+        for cell in cells:
+            sel = selections.get((cell, level))
+            for k, r in enumerate(sel.runs if sel else []):
+                xs, ys = zip(*r.curve)
+                ax.plot(xs, ys, color=colors[cell], alpha=0.8, label=cell if k == 0 else None, linewidth=1)
+        ax.axhline(1 - SOLVED_ERROR, color="grey", linestyle=":", linewidth=0.8)
+        ax.legend(fontsize=6)
+        ax.set_title(level)
+        ax.set_xlabel("training sequences")
+        ax.set_ylabel("validation accuracy")
+        ax.xaxis.set_major_formatter(thousands)
+        ax.set_ylim(0, 1.02)
+    for ax in list(axes.flat)[len(levels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    reporting.save_figure(fig, out / "learning_curves.png")
+
+    if lengthgen:
+        configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: task.get_level(c).max_length)
+        names = list(lengthgen)
+        grid = [[_median(lengthgen[n].get(c, [])) for c in configs] for n in names]
+        fig, ax = plt.subplots(figsize=(1.3 * len(configs) + 3, 0.5 * len(names) + 1.8))
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, label="test accuracy (median over seeds)")
+        ax.set_xticks(range(len(configs)), [f"{task.get_level(c).max_length:,}" for c in configs])
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel(f"longest sequence (trained on {trained_on}: {task.get_level(trained_on).max_length})")
+        for i in range(len(names)):
+            for j in range(len(configs)):
+                if not math.isnan(grid[i][j]):
+                    ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if grid[i][j] > 0.6 else "white")
+        fig.tight_layout()
+        reporting.save_figure(fig, out / "lengthgen.png")
+
+
+def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs: Sequence[float] | None = None,
+          lengthgen: dict[str, dict[str, list[float]]] | None = None, trained_on: str = "") -> str:
+    """results.json, results.csv, results.md (and lengthgen.md), and the plots, in ``out``; returns the table."""
+    rows = [dataclasses.asdict(r) for r in results]
+    reporting.write_json(out / "results.json", rows)
+    buf = io.StringIO()
+    fields = [f.name for f in dataclasses.fields(RunResult) if f.name != "curve"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    reporting.write_text(out / "results.csv", buf.getvalue())
+    table = markdown_table(results, families, lrs)
+    reporting.write_text(out / "results.md", table)
+    if lengthgen:
+        reporting.write_json(out / "lengthgen.json", {"trained_on": trained_on, "accuracy": lengthgen})
+        reporting.write_text(out / "lengthgen.md", lengthgen_table(lengthgen, trained_on))
+    plot(results, out, families, lrs, lengthgen, trained_on)
+    return table
