@@ -120,3 +120,18 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     assert experiment.main(["--replot", os.fspath(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_family_of_the_grid_runs_through_the_protocol(data_dir, tmp_path):
+    # The families --quick does not cover, each at its stated size, one short run on easy through the same code.
+    cells = [c for c in experiment.FAMILIES if c not in experiment.QUICK["cells"]]
+    out = tmp_path / "all"
+    assert experiment.main(["--cells", *cells, "--levels", "easy", "--seeds", "0", "--lrs", "3e-3", "--budget", "640",
+                            "--data-dir", data_dir, "--out", os.fspath(out), "--lengthgen-lengths"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted(r["cell"] for r in rows) == sorted(cells)
+    for r in rows:
+        assert 0 < r["sequences_trained"] <= 640 and r["parameters"] > 0 and r["state_size"] > 0
+        assert r["test_accuracy"] > 0.25  # learnt something: chance is 0.25
+    table = (out / "results.md").read_text()
+    assert all(f"| {c} |" in table for c in cells)
