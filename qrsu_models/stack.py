@@ -1,0 +1,90 @@
+"""A classifier of stacked pre-norm residual blocks over token ids, read out at the last real token.
+
+The frame the linear-recurrence families (:mod:`qrsu_models.lru`, :mod:`qrsu_models.minrnn`,
+:mod:`qrsu_models.mamba`) share: token ids -> ``nnx.Embed`` at width ``hidden`` -> blocks -> a final norm ->
+the output at position T-1 (rows are right-aligned, :func:`qrsu_models.layout.right_aligned`, so that is every
+row's last real token) -> ``nnx.Linear`` to the logits. Activations are time-major, [T, B, hidden].
+
+A block is any module ``block(x [T, B, H], mask [T, B, 1] bool) -> [T, B, H]``. Padding is exact when every
+block keeps the inputs of its recurrence exactly zero at padded steps (``mask`` False): those steps come first,
+so the zero initial state stays zero through them, and real steps never see a padded step's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qrsu_models import layout
+
+NORMS: tuple[str, ...] = ("layer", "rms")
+"""The blocks' and the read-out's normalisation: 'layer' (nnx.LayerNorm) or 'rms' (nnx.RMSNorm)."""
+
+
+def check_positive(what: str, value: object) -> int:
+    """Returns ``value`` if it is a positive int; raises ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def make_norm(norm: str, hidden: int, rngs: nnx.Rngs) -> nnx.Module:
+    """The normalisation layer named ``norm`` (NORMS) at width ``hidden``."""
+    if norm == "layer":
+        return nnx.LayerNorm(hidden, rngs=rngs)
+    if norm == "rms":
+        return nnx.RMSNorm(hidden, rngs=rngs)
+    raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+
+
+class GLUBlock(nnx.Module):
+    """x + GLU(GELU(mixer(norm(x)))): the LRU paper's residual block around any sequence mixer."""
+
+    def __init__(self, mixer: nnx.Module, hidden: int, *, norm: str = "layer", rngs: nnx.Rngs):
+        self.norm = make_norm(norm, hidden, rngs)
+        self.mixer = mixer
+        self.glu = nnx.Linear(hidden, 2 * hidden, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """[T, B, H] -> [T, B, H]; ``mask`` [T, B, 1] is False at padded steps."""
+        y = jax.nn.gelu(self.mixer(self.norm(x), mask))
+        value, gate = jnp.split(self.glu(y), 2, axis=-1)
+        return x + value * jax.nn.sigmoid(gate)
+
+
+class StackClassifier(nnx.Module):
+    """Token ids [B, T] + lengths [B] -> logits [B, num_classes] through residual blocks, read at the last token."""
+
+    def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], *, layers: int, hidden: int,
+                 num_classes: int, vocab_size: int, norm: str, state_per_layer: int, rngs: nnx.Rngs):
+        check_positive("layers", layers)
+        check_positive("hidden", hidden)
+        check_positive("num_classes", num_classes)
+        check_positive("vocab_size", vocab_size)
+        self.hidden = hidden
+        self.state_per_layer = state_per_layer
+        # Fixed draw order (embedding, blocks in order, norm, head) so a seed always gives the same model.
+        self.embed = nnx.Embed(vocab_size, hidden, rngs=rngs)
+        self.blocks = nnx.List([make_block(rngs) for _ in range(layers)])
+        self.norm = make_norm(norm, hidden, rngs)
+        self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def state_size(self, length: int) -> int:
+        """Floats carried per sequence from step to step: every block's recurrent state, whatever the length."""
+        return self.state_per_layer * len(self.blocks)
+
+    def features(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """The last block's output at every step, [T, B, hidden], rows right-aligned (real tokens last)."""
+        ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
+        mask = mask.T[:, :, None]
+        x = jnp.where(mask, self.embed(ids.T), 0.0)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """Logits float32 [B, num_classes] of token ids [B, T] with ``lengths`` [B] real tokens per row."""
+        return self.head(self.norm(self.features(tokens, lengths, padding)[-1]))
