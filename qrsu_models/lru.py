@@ -10,8 +10,9 @@ and the normalisation ``gamma_j = sqrt(1 - |lambda_j|^2)`` (a trained parameter,
 there). B, C complex (N x H, H x N), D real. Blocks: x + GLU(GELU(LRU(LayerNorm(x)))) (:class:`stack.GLUBlock`),
 stacked; the classifier reads the last real token (:class:`stack.StackClassifier`).
 
-The recurrence is :func:`qrsu_models.scan.linear_scan` (option ``scan``) with ``a_t = lambda`` and ``b_t = gamma * B u_t``, the
-input projection computed for all steps at once outside the scan; ``b_t`` is masked to 0 at padded steps.
+The recurrence is :func:`qrsu_models.scan.linear_scan` (option ``scan``) with ``a_t = lambda`` and
+``b_t = gamma * B u_t``, the input projection computed for all steps at once outside the scan; ``b_t`` is
+masked to 0 at padded steps.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LRU(nnx.Module):
 
 
 class LRUClassifier(stack.StackClassifier):
-    """Token ids -> embedding -> ``layers`` blocks x + GLU(GELU(LRU(LayerNorm(x)))) -> LayerNorm -> last token -> Linear."""
+    """Token ids -> embedding -> ``layers`` x [x + GLU(GELU(LRU(LayerNorm(x))))] -> LayerNorm -> last token -> head."""
 
     def __init__(self, *, num_classes: int, vocab_size: int = task.VOCAB_SIZE, hidden: int = 64, layers: int = 1,
                  state: int = 64, r_min: float = 0.9, r_max: float = 0.999, theta_max: float = math.pi,

@@ -57,7 +57,7 @@ class MinRNN(nnx.Module):
 
 
 class MinRNNClassifier(stack.StackClassifier):
-    """Token ids -> embedding -> ``layers`` blocks x + GLU(GELU(minRNN(LayerNorm(x)))) -> LayerNorm -> last token -> Linear."""
+    """Token ids -> embedding -> ``layers`` x [x + GLU(GELU(cell(LayerNorm(x))))] -> LayerNorm -> last token -> head."""
 
     def __init__(self, cell: str = "mingru", *, num_classes: int, vocab_size: int = task.VOCAB_SIZE, hidden: int = 64,
                  layers: int = 2, scan: str = "auto", rngs: nnx.Rngs):

@@ -12,6 +12,7 @@ so the zero initial state stays zero through them, and real steps never see a pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -85,6 +86,20 @@ class StackClassifier(nnx.Module):
             x = block(x, mask)
         return x
 
+    def logits(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """Logits float32 [B, num_classes], computed op by op (``__call__`` compiles this)."""
+        return self.head(self.norm(self.features(tokens, lengths, padding)[-1]))
+
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes] of token ids [B, T] with ``lengths`` [B] real tokens per row."""
-        return self.head(self.norm(self.features(tokens, lengths, padding)[-1]))
+        layout.check_padding(padding)  # before jit, so the error names the value
+        graphdef, state = nnx.split(self)
+        return _compiled_logits(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), padding)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "padding"))
+def _compiled_logits(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, lengths: jax.Array,
+                     padding: str) -> jax.Array:
+    # jitted so that eager calls compile once per shape instead of dispatching op by op (a scan called eagerly
+    # compiles anew each call); under an outer jit (the training step) it is simply inlined.
+    return nnx.merge(graphdef, state).logits(tokens, lengths, padding)
