@@ -4,9 +4,10 @@
 
 For each case (batch, time, width) and dtype (float32, complex64), side by side in one process: the fastest of
 ``--repeats`` interleaved timings of forward plus backward (the gradient of a scalar loss w.r.t. a and b) of
-:func:`qrsu_models.scan.sequential` and :func:`qrsu_models.scan.parallel`, their first call (compilation
-included), and the ratio parallel / sequential (above 1: the sequential scan is faster). This ratio chooses
-``scan="auto"`` (:func:`qrsu_models.scan.resolve`).
+:func:`qrsu_models.scan.sequential`, :func:`qrsu_models.scan.sequential_adjoint` (the same loop, hand-written
+backward) and :func:`qrsu_models.scan.parallel`, first calls (compilation included), and the ratios
+parallel / sequential and sequential / adjoint (above 1: the latter is faster). These choose ``scan="auto"``
+(:func:`qrsu_models.scan.resolve`).
 """
 
 from __future__ import annotations
@@ -44,17 +45,18 @@ def _inputs(batch: int, steps: int, width: int, dtype: str) -> tuple[jax.Array, 
 def main() -> None:
     """Times every case and prints one table with ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=["32,501,128", "32,1001,128"], help="batch,time,width")
+    p.add_argument("--cases", nargs="+", default=["32,501,128", "32,1001,128", "128,111,64"], help="batch,time,width")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; forward + backward, best of {args.repeats}")
-    print(f"{'batch':>6}{'time':>6}{'width':>6} {'dtype':<10}{'seq ms':>9}{'first s':>9}{'par ms':>9}{'first s':>9}"
-          f"{'par/seq':>9}")
+    print(f"{'batch':>6}{'time':>6}{'width':>6} {'dtype':<10}{'seq ms':>9}{'first s':>9}{'adj ms':>9}{'par ms':>9}"
+          f"{'first s':>9}{'par/seq':>9}{'seq/adj':>9}")
     for case in args.cases:
         batch, steps, width = map(int, case.split(","))
         for dtype in ("float32", "complex64"):
             a, b = _inputs(batch, steps, width, dtype)
-            fns = {"seq": _grad_fn(scan.sequential), "par": _grad_fn(scan.parallel)}
+            fns = {"seq": _grad_fn(scan.sequential), "adj": _grad_fn(scan.sequential_adjoint),
+                   "par": _grad_fn(scan.parallel)}
             first, best = {}, {k: float("inf") for k in fns}
             for k, f in fns.items():
                 t0 = time.perf_counter()
@@ -66,7 +68,8 @@ def main() -> None:
                     jax.block_until_ready(f(a, b))
                     best[k] = min(best[k], time.perf_counter() - t0)
             print(f"{batch:>6}{steps:>6}{width:>6} {dtype:<10}{best['seq'] * 1e3:>9.1f}{first['seq']:>9.2f}"
-                  f"{best['par'] * 1e3:>9.1f}{first['par']:>9.2f}{best['par'] / best['seq']:>9.2f}", flush=True)
+                  f"{best['adj'] * 1e3:>9.1f}{best['par'] * 1e3:>9.1f}{first['par']:>9.2f}"
+                  f"{best['par'] / best['seq']:>9.2f}{best['seq'] / best['adj']:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

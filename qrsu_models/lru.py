@@ -66,13 +66,17 @@ class LRU(nnx.Module):
     def __call__(self, u: jax.Array, mask: jax.Array) -> jax.Array:
         """[T, B, H] -> [T, B, H]; padded steps (``mask`` False) feed the state nothing."""
         gamma = jnp.exp(self.gamma_log[...])
-        # u @ (B_re + i B_im) as two real matmuls over all steps at once; gamma folded into the columns.
-        bu = jax.lax.complex(u @ (self.b_re[...] * gamma), u @ (self.b_im[...] * gamma))
+        # u @ (B_re + i B_im) as one real matmul over all steps at once; gamma folded into the columns.
+        b_both = jnp.concatenate([self.b_re[...], self.b_im[...]], axis=1) * jnp.concatenate([gamma, gamma])
+        re, im = jnp.split(stack.dense(lambda v: v @ b_both, u), 2, axis=-1)
+        bu = jax.lax.complex(re, im)
         bu = jnp.where(mask, bu, 0.0)
         lam = jnp.broadcast_to(self.eigenvalues(), bu.shape)
         x = linear_scan(lam, bu, self.scan_method)
-        # Re(C x) = Re(C) Re(x) - Im(C) Im(x).
-        return jnp.real(x) @ self.c_re[...] - jnp.imag(x) @ self.c_im[...] + self.d[...] * u
+        # Re(x C) = Re(x) Re(C) - Im(x) Im(C): one matmul of [Re x | Im x] with [Re C; -Im C].
+        c_both = jnp.concatenate([self.c_re[...], -self.c_im[...]], axis=0)
+        parts = jnp.concatenate([jnp.real(x), jnp.imag(x)], axis=-1)
+        return stack.dense(lambda v: v @ c_both, parts) + self.d[...] * u
 
 
 class LRUClassifier(stack.StackClassifier):

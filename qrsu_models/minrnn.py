@@ -52,7 +52,7 @@ class MinRNN(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """[T, B, H] -> [T, B, H]; padded steps (``mask`` False) feed the state nothing."""
-        a, b = coefficients(self.cell, self.proj(x))
+        a, b = coefficients(self.cell, stack.dense(self.proj, x))
         return linear_scan(a, jnp.where(mask, b, 0.0), self.scan_method)
 
 
@@ -60,7 +60,7 @@ class MinRNNClassifier(stack.StackClassifier):
     """Token ids -> embedding -> ``layers`` x [x + GLU(GELU(cell(LayerNorm(x))))] -> LayerNorm -> last token -> head."""
 
     def __init__(self, cell: str = "mingru", *, num_classes: int, vocab_size: int = task.VOCAB_SIZE, hidden: int = 64,
-                 layers: int = 2, scan: str = "auto", rngs: nnx.Rngs):
+                 layers: int = 1, scan: str = "auto", rngs: nnx.Rngs):
         method = check_method(scan)
 
         def block(r: nnx.Rngs) -> nnx.Module:

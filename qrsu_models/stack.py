@@ -41,6 +41,13 @@ def make_norm(norm: str, hidden: int, rngs: nnx.Rngs) -> nnx.Module:
     raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
 
 
+def dense(layer: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+    """``layer`` (e.g. an nnx.Linear) applied to the last axis of x [..., H], as one 2-D matmul."""
+    # Measured (B=32, T=111, H=64 -> 128, forward + backward): a [T, B, H] @ [H, G] dot 1.8x slower on XLA:CPU
+    # than the same dot on the [T*B, H] reshape (the weight gradient's two contracted axes).
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 class GLUBlock(nnx.Module):
     """x + GLU(GELU(mixer(norm(x)))): the LRU paper's residual block around any sequence mixer."""
 
@@ -52,7 +59,7 @@ class GLUBlock(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """[T, B, H] -> [T, B, H]; ``mask`` [T, B, 1] is False at padded steps."""
         y = jax.nn.gelu(self.mixer(self.norm(x), mask))
-        value, gate = jnp.split(self.glu(y), 2, axis=-1)
+        value, gate = jnp.split(dense(self.glu, y), 2, axis=-1)
         return x + value * jax.nn.sigmoid(gate)
 
 
@@ -81,7 +88,11 @@ class StackClassifier(nnx.Module):
         """The last block's output at every step, [T, B, hidden], rows right-aligned (real tokens last)."""
         ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
         mask = mask.T[:, :, None]
-        x = jnp.where(mask, self.embed(ids.T), 0.0)
+        # The embedding as a one-hot matmul: its gradient is a matmul too (a gather's is a scatter, measured
+        # slower on XLA:CPU), and a padded step (id vocab_size, an all-zero one-hot row) embeds to exactly 0.
+        table = self.embed.embedding[...]
+        onehot = jax.nn.one_hot(jnp.where(mask[..., 0], ids.T, table.shape[0]), table.shape[0], dtype=table.dtype)
+        x = dense(lambda v: v @ table, onehot)
         for block in self.blocks:
             x = block(x, mask)
         return x
