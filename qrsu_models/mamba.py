@@ -129,6 +129,10 @@ class PreNormBlock(nnx.Module):
         """[T, B, H] -> [T, B, H]."""
         return x + self.mixer(self.norm(x), mask)
 
+    def last(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """The block's output at the last step only, [B, H]."""
+        return x[-1] + self.mixer(self.norm(x), mask)[-1]
+
 
 class MambaClassifier(stack.StackClassifier):
     """Token ids -> embedding -> ``layers`` blocks x + Mamba(RMSNorm(x)) -> RMSNorm -> last token -> Linear."""

@@ -5,7 +5,8 @@ The frame the linear-recurrence families (:mod:`qrsu_models.lru`, :mod:`qrsu_mod
 the output at position T-1 (rows are right-aligned, :func:`qrsu_models.layout.right_aligned`, so that is every
 row's last real token) -> ``nnx.Linear`` to the logits. Activations are time-major, [T, B, hidden].
 
-A block is any module ``block(x [T, B, H], mask [T, B, 1] bool) -> [T, B, H]``. Padding is exact when every
+A block is any module ``block(x [T, B, H], mask [T, B, 1] bool) -> [T, B, H]`` with ``block.last(x, mask)``,
+its output at the last step only [B, H]. Padding is exact when every
 block keeps the inputs of its recurrence exactly zero at padded steps (``mask`` False): those steps come first,
 so the zero initial state stays zero through them, and real steps never see a padded step's value.
 """
@@ -58,8 +59,14 @@ class GLUBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """[T, B, H] -> [T, B, H]; ``mask`` [T, B, 1] is False at padded steps."""
-        y = jax.nn.gelu(self.mixer(self.norm(x), mask))
-        value, gate = jnp.split(dense(self.glu, y), 2, axis=-1)
+        return self._residual(x, self.mixer(self.norm(x), mask))
+
+    def last(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """The block's output at the last step only, [B, H]: the position-wise part runs on that step alone."""
+        return self._residual(x[-1], self.mixer(self.norm(x), mask)[-1])
+
+    def _residual(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        value, gate = jnp.split(dense(self.glu, jax.nn.gelu(y)), 2, axis=-1)
         return x + value * jax.nn.sigmoid(gate)
 
 
@@ -97,9 +104,22 @@ class StackClassifier(nnx.Module):
             x = block(x, mask)
         return x
 
+    def last_features(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """The last block's output at step T-1 (every row's last real token), [B, hidden]."""
+        # = features(...)[-1], with the last block's position-wise work done at that one step. Measured (hard,
+        # batch 128, one block, forward + backward, beside the LSTM as control): minGRU 60 -> 39 ms, LRU 88 -> 64.
+        ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
+        mask = mask.T[:, :, None]
+        table = self.embed.embedding[...]
+        onehot = jax.nn.one_hot(jnp.where(mask[..., 0], ids.T, table.shape[0]), table.shape[0], dtype=table.dtype)
+        x = dense(lambda v: v @ table, onehot)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.blocks[-1].last(x, mask)
+
     def logits(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes], computed op by op (``__call__`` compiles this)."""
-        return self.head(self.norm(self.features(tokens, lengths, padding)[-1]))
+        return self.head(self.norm(self.last_features(tokens, lengths, padding)))
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes] of token ids [B, T] with ``lengths`` [B] real tokens per row."""
