@@ -63,20 +63,32 @@ class LRU(nnx.Module):
         """lambda [N] complex64."""
         return jnp.exp(-jnp.exp(self.nu_log[...]) + 1j * jnp.exp(self.theta_log[...]))
 
-    def __call__(self, u: jax.Array, mask: jax.Array) -> jax.Array:
-        """[T, B, H] -> [T, B, H]; padded steps (``mask`` False) feed the state nothing."""
+    def _input_map(self) -> jax.Array:
+        # u @ (B_re + i B_im) as one real matmul [H, 2N] (real parts, then imaginary), gamma folded in.
         gamma = jnp.exp(self.gamma_log[...])
-        # u @ (B_re + i B_im) as one real matmul over all steps at once; gamma folded into the columns.
-        b_both = jnp.concatenate([self.b_re[...], self.b_im[...]], axis=1) * jnp.concatenate([gamma, gamma])
-        re, im = jnp.split(stack.dense(lambda v: v @ b_both, u), 2, axis=-1)
+        return jnp.concatenate([self.b_re[...], self.b_im[...]], axis=1) * jnp.concatenate([gamma, gamma])
+
+    def _recur(self, bu_parts: jax.Array, u: jax.Array, last: bool) -> jax.Array:
+        re, im = jnp.split(bu_parts, 2, axis=-1)
         bu = jax.lax.complex(re, im)
-        bu = jnp.where(mask, bu, 0.0)
-        lam = jnp.broadcast_to(self.eigenvalues(), bu.shape)
-        x = linear_scan(lam, bu, self.scan_method)
+        x = linear_scan(jnp.broadcast_to(self.eigenvalues(), bu.shape[1:]), bu, self.scan_method)  # time-invariant
+        if last:
+            x = x[-1]
         # Re(x C) = Re(x) Re(C) - Im(x) Im(C): one matmul of [Re x | Im x] with [Re C; -Im C].
         c_both = jnp.concatenate([self.c_re[...], -self.c_im[...]], axis=0)
-        parts = jnp.concatenate([jnp.real(x), jnp.imag(x)], axis=-1)
-        return stack.dense(lambda v: v @ c_both, parts) + self.d[...] * u
+        return stack.dense(lambda v: v @ c_both, jnp.concatenate([jnp.real(x), jnp.imag(x)], axis=-1)) + self.d[...] * u
+
+    def __call__(self, u: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """[T, B, H] -> [T, B, H] (``last``: step T-1 only); padded steps (``mask`` False) feed the state nothing."""
+        bu = jnp.where(mask, stack.dense(lambda v: v @ self._input_map(), u), 0.0)
+        return self._recur(bu, u[-1] if last else u, last)
+
+    def from_tokens(self, onehot: jax.Array, u_table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """``self(onehot @ u_table, mask, last)``, the input map applied once per token id on the [V, H] table."""
+        # A padded step's all-zero one-hot row gives B u = 0.
+        bu = stack.dense(lambda v: v @ (u_table @ self._input_map()), onehot)
+        u = (onehot[-1] @ u_table) if last else stack.dense(lambda v: v @ u_table, onehot)
+        return self._recur(bu, u, last)
 
 
 class LRUClassifier(stack.StackClassifier):

@@ -48,7 +48,7 @@ def causal_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array,
-                   method: str = "auto") -> jax.Array:
+                   method: str = "auto", last: bool = False) -> jax.Array:
     """y [T, B, D] of h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t h_t per channel, from h_{-1} = 0.
 
     dt, x [T, B, D]; b, c [T, B, N]; a [D, N]. The simple form materialises the [T, B, D, N] coefficients
@@ -56,14 +56,15 @@ def selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, a: j
     :func:`fused_selective_scan`.
     """
     if method == "fused" or (method == "auto" and resolve(method) != "parallel"):
-        return fused_selective_scan(dt, x, b, c, a)
+        return fused_selective_scan(dt, x, b, c, a, last)
     decay = jnp.exp(dt[..., None] * a)  # [T, B, D, N]
     drive = (dt * x)[..., None] * b[..., None, :]
     h = linear_scan(decay, drive, method)
-    return jnp.einsum("tbdn,tbn->tbd", h, c)
+    return jnp.einsum("bdn,bn->bd", h[-1], c[-1]) if last else jnp.einsum("tbdn,tbn->tbd", h, c)
 
 
-def fused_selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array) -> jax.Array:
+def fused_selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array,
+                         last: bool = False) -> jax.Array:
     """:func:`selective_scan` with the coefficients and the read-out formed inside one sequential loop."""
     # Each step builds its own [B, D, N] coefficients from [B, D] and [B, N] inputs and reads out y_t, so no
     # [T, B, D, N] array exists in the forward pass; jax.checkpoint makes the backward pass recompute them
@@ -73,10 +74,11 @@ def fused_selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array
     def step(h, inputs):
         dt_t, x_t, b_t, c_t = inputs
         h = jnp.exp(dt_t[..., None] * a) * h + (dt_t * x_t)[..., None] * b_t[..., None, :]
-        return h, jnp.einsum("bdn,bn->bd", h, c_t)
+        return h, None if last else jnp.einsum("bdn,bn->bd", h, c_t)
 
     h0 = jnp.zeros((*x.shape[1:], a.shape[-1]), x.dtype)
-    return jax.lax.scan(step, h0, (dt, x, b, c))[1]
+    h, ys = jax.lax.scan(step, h0, (dt, x, b, c))
+    return jnp.einsum("bdn,bn->bd", h, c[-1]) if last else ys  # last: only the final state is read
 
 
 SCANS: tuple[str, ...] = (*METHODS, "fused")
@@ -107,15 +109,24 @@ class Mamba(nnx.Module):
         self.out_proj = nnx.Linear(inner, hidden, use_bias=False, rngs=rngs)
         self.scan_method = scan_method
 
-    def __call__(self, u: jax.Array, mask: jax.Array) -> jax.Array:
-        """[T, B, H] -> [T, B, H]; padded steps (``mask`` False) feed the state nothing."""
-        x, z = jnp.split(stack.dense(self.in_proj, u), 2, axis=-1)
+    def __call__(self, u: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """[T, B, H] -> [T, B, H] (``last``: step T-1 only); padded steps (``mask`` False) feed the state nothing."""
+        return self._mix(stack.dense(self.in_proj, u), mask, last)
+
+    def from_tokens(self, onehot: jax.Array, u_table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """``self(onehot @ u_table, mask, last)``, the in-projection applied once per token id on the table."""
+        return self._mix(stack.dense(lambda v: v @ self.in_proj(u_table), onehot), mask, last)
+
+    def _mix(self, xz: jax.Array, mask: jax.Array, last: bool) -> jax.Array:
+        x, z = jnp.split(xz, 2, axis=-1)
         x = jnp.where(mask, x, 0.0)
         x = jnp.where(mask, jax.nn.silu(causal_conv(x, self.conv_kernel[...], self.conv_bias[...])), 0.0)
         dt_low, b, c = jnp.split(stack.dense(self.x_proj, x), [self.rank, self.rank + self.state], axis=-1)
         dt = jax.nn.softplus(stack.dense(self.dt_proj, dt_low))  # [T, B, E*H]
-        y = selective_scan(dt, x, b, c, -jnp.exp(self.a_log[...]), self.scan_method) + self.d[...] * x
-        return stack.dense(self.out_proj, y * jax.nn.silu(z))
+        y = selective_scan(dt, x, b, c, -jnp.exp(self.a_log[...]), self.scan_method, last)
+        if last:
+            x, z = x[-1], z[-1]
+        return stack.dense(self.out_proj, (y + self.d[...] * x) * jax.nn.silu(z))
 
 
 class PreNormBlock(nnx.Module):
@@ -125,13 +136,14 @@ class PreNormBlock(nnx.Module):
         self.norm = nnx.RMSNorm(hidden, rngs=rngs)
         self.mixer = mixer
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """[T, B, H] -> [T, B, H]."""
-        return x + self.mixer(self.norm(x), mask)
+    def __call__(self, x: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """[T, B, H] -> [T, B, H] (``last``: step T-1 only, [B, H])."""
+        return (x[-1] if last else x) + self.mixer(self.norm(x), mask, last=last)
 
-    def last(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """The block's output at the last step only, [B, H]."""
-        return x[-1] + self.mixer(self.norm(x), mask)[-1]
+    def from_tokens(self, onehot: jax.Array, table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """``self(onehot @ table, mask, last)`` for a first block, the norm run on the table's rows."""
+        y = self.mixer.from_tokens(onehot, self.norm(table), mask, last=last)
+        return ((onehot[-1] @ table) if last else stack.dense(lambda v: v @ table, onehot)) + y
 
 
 class MambaClassifier(stack.StackClassifier):

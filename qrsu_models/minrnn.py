@@ -50,10 +50,19 @@ class MinRNN(nnx.Module):
         self.proj = nnx.Linear(hidden, (2 if cell == "mingru" else 3) * hidden, rngs=rngs)
         self.scan_method = scan_method
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """[T, B, H] -> [T, B, H]; padded steps (``mask`` False) feed the state nothing."""
+    def __call__(self, x: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """[T, B, H] -> [T, B, H] (``last``: h_{T-1} only); padded steps (``mask`` False) feed the state nothing."""
         a, b = coefficients(self.cell, stack.dense(self.proj, x))
-        return linear_scan(a, jnp.where(mask, b, 0.0), self.scan_method)
+        h = linear_scan(a, jnp.where(mask, b, 0.0), self.scan_method)
+        return h[-1] if last else h
+
+    def from_tokens(self, onehot: jax.Array, u_table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """``self(onehot @ u_table, mask, last)``, the gates computed once per token id on the [V, H] table."""
+        a_table, b_table = coefficients(self.cell, self.proj(u_table))
+        # A padded step's all-zero one-hot row gives b = 0 (and a = 0, harmless from a zero state).
+        a, b = (stack.dense(lambda v, t=t: v @ t, onehot) for t in (a_table, b_table))
+        h = linear_scan(a, b, self.scan_method)
+        return h[-1] if last else h
 
 
 class MinRNNClassifier(stack.StackClassifier):

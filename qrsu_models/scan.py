@@ -1,7 +1,8 @@
 """The diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` (real or complex) over time, from ``h_{-1} = 0``.
 
 Every linear-recurrence family of the package (LRU, minGRU, minLSTM, Mamba) computes this recurrence, time
-axis first: ``a`` and ``b`` are [T, ...] arrays of one shape, and the result is every state ``h`` [T, ...].
+axis first: ``b`` is a [T, ...] array, ``a`` has its shape or, time-invariant (the LRU's lambda), ``b.shape[1:]``,
+and the result is every state ``h`` [T, ...].
 
 Two ways to compute it, the same function:
 
@@ -43,6 +44,8 @@ def check_method(method: object) -> str:
 
 def sequential(a: jax.Array, b: jax.Array) -> jax.Array:
     """Every state h [T, ...] of h_t = a_t h_{t-1} + b_t from h_{-1} = 0, one time step per loop iteration."""
+    if a.ndim < b.ndim:  # time-invariant a: nothing to slice per step
+        return lax.scan(lambda h, b_t: (a * h + b_t,) * 2, jnp.zeros_like(b[0]), b)[1]
 
     def step(h, ab):
         a_t, b_t = ab
@@ -60,7 +63,10 @@ def sequential_adjoint(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _reverse(a: jax.Array, b: jax.Array) -> jax.Array:
-    # g_t = a_t g_{t+1} + b_t from g_T = 0, t from T-1 down to 0.
+    # g_t = a_t g_{t+1} + b_t from g_T = 0, t from T-1 down to 0 (a time-invariant if it has no time axis).
+    if a.ndim < b.ndim:
+        return lax.scan(lambda g, b_t: (a * g + b_t,) * 2, jnp.zeros_like(b[0]), b, reverse=True)[1]
+
     def step(g, ab):
         a_t, b_t = ab
         g = a_t * g + b_t
@@ -79,8 +85,10 @@ def _adjoint_bwd(res, dh):
     # g_t = dh_t + a_{t+1} g_{t+1}; then db_t = g_t and da_t = g_t h_{t-1}, in bulk outside the loop.
     a, h = res
     zero = jnp.zeros_like(h[:1])
-    g = _reverse(jnp.concatenate([a[1:], zero]), dh)
-    return g * jnp.concatenate([zero, h[:-1]]), g
+    invariant = a.ndim < h.ndim
+    g = _reverse(a if invariant else jnp.concatenate([a[1:], zero]), dh)
+    da = g * jnp.concatenate([zero, h[:-1]])
+    return (da.sum(axis=0) if invariant else da), g
 
 
 sequential_adjoint.defvjp(_adjoint_fwd, _adjoint_bwd)
@@ -95,7 +103,7 @@ def _compose(earlier, later):
 
 def parallel(a: jax.Array, b: jax.Array) -> jax.Array:
     """Every state h [T, ...] of h_t = a_t h_{t-1} + b_t from h_{-1} = 0, by an associative (parallel) scan."""
-    return lax.associative_scan(_compose, (a, b), axis=0)[1]
+    return lax.associative_scan(_compose, (jnp.broadcast_to(a, b.shape), b), axis=0)[1]
 
 
 def resolve(method: str) -> str:
@@ -110,6 +118,6 @@ def resolve(method: str) -> str:
 
 def linear_scan(a: jax.Array, b: jax.Array, method: str = "auto") -> jax.Array:
     """Every state h [T, ...] of h_t = a_t h_{t-1} + b_t from h_{-1} = 0, computed by ``method`` (METHODS)."""
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have one shape, got {a.shape} and {b.shape}")
+    if a.shape != b.shape and a.shape != b.shape[1:]:
+        raise ValueError(f"a must have b's shape [T, ...] or, time-invariant, b.shape[1:]; got {a.shape} and {b.shape}")
     return {"sequential": sequential, "adjoint": sequential_adjoint, "parallel": parallel}[resolve(method)](a, b)

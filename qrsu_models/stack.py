@@ -5,8 +5,8 @@ The frame the linear-recurrence families (:mod:`qrsu_models.lru`, :mod:`qrsu_mod
 the output at position T-1 (rows are right-aligned, :func:`qrsu_models.layout.right_aligned`, so that is every
 row's last real token) -> ``nnx.Linear`` to the logits. Activations are time-major, [T, B, hidden].
 
-A block is any module ``block(x [T, B, H], mask [T, B, 1] bool) -> [T, B, H]`` with ``block.last(x, mask)``,
-its output at the last step only [B, H]. Padding is exact when every
+A block is any module ``block(x [T, B, H], mask [T, B, 1] bool, last=False) -> [T, B, H]`` (with ``last``, its
+output at the last step only, [B, H]), a mixer ``mixer(u, mask, last=False)`` likewise. Padding is exact when every
 block keeps the inputs of its recurrence exactly zero at padded steps (``mask`` False): those steps come first,
 so the zero initial state stays zero through them, and real steps never see a padded step's value.
 """
@@ -57,13 +57,23 @@ class GLUBlock(nnx.Module):
         self.mixer = mixer
         self.glu = nnx.Linear(hidden, 2 * hidden, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """[T, B, H] -> [T, B, H]; ``mask`` [T, B, 1] is False at padded steps."""
-        return self._residual(x, self.mixer(self.norm(x), mask))
+    def __call__(self, x: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """[T, B, H] -> [T, B, H] (``last``: the last step only, [B, H]); ``mask`` [T, B, 1] False at padding."""
+        y = self.mixer(self.norm(x), mask, last=last)
+        return self._residual(x[-1] if last else x, y)
 
-    def last(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """The block's output at the last step only, [B, H]: the position-wise part runs on that step alone."""
-        return self._residual(x[-1], self.mixer(self.norm(x), mask)[-1])
+    def from_tokens(self, onehot: jax.Array, table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
+        """``self(onehot @ table, mask, last)`` for a first block, its position-wise work done on the table's rows."""
+        # A first block's input takes only vocab_size distinct values: norm (and a mixer's input-only maps,
+        # mixer.from_tokens) run on the [V, H] table, and one-hot matmuls spread them over [T, B]. At padded
+        # steps (all-zero one-hot rows) this gives 0 where norm(0) would not; those steps feed no state.
+        u_table = self.norm(table)
+        if hasattr(self.mixer, "from_tokens"):
+            y = self.mixer.from_tokens(onehot, u_table, mask, last=last)
+        else:
+            y = self.mixer(dense(lambda v: v @ u_table, onehot), mask, last=last)
+        x = (onehot[-1] @ table) if last else dense(lambda v: v @ table, onehot)
+        return self._residual(x, y)
 
     def _residual(self, x: jax.Array, y: jax.Array) -> jax.Array:
         value, gate = jnp.split(dense(self.glu, jax.nn.gelu(y)), 2, axis=-1)
@@ -93,29 +103,29 @@ class StackClassifier(nnx.Module):
 
     def features(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """The last block's output at every step, [T, B, hidden], rows right-aligned (real tokens last)."""
+        return self._run(tokens, lengths, padding, last=False)
+
+    def last_features(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
+        """The last block's output at step T-1 (every row's last real token), [B, hidden]: ``features()[-1]``."""
+        return self._run(tokens, lengths, padding, last=True)
+
+    def _run(self, tokens: jax.Array, lengths: jax.Array, padding: str, last: bool) -> jax.Array:
         ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
         mask = mask.T[:, :, None]
         # The embedding as a one-hot matmul: its gradient is a matmul too (a gather's is a scatter, measured
         # slower on XLA:CPU), and a padded step (id vocab_size, an all-zero one-hot row) embeds to exactly 0.
         table = self.embed.embedding[...]
         onehot = jax.nn.one_hot(jnp.where(mask[..., 0], ids.T, table.shape[0]), table.shape[0], dtype=table.dtype)
-        x = dense(lambda v: v @ table, onehot)
-        for block in self.blocks:
-            x = block(x, mask)
+        blocks = list(self.blocks)
+        # The last block's position-wise work runs at the last step only. Measured (hard, batch 128, one block,
+        # forward + backward, beside the LSTM as control): minGRU 60 -> 39 ms, LRU 88 -> 64.
+        if hasattr(blocks[0], "from_tokens"):
+            x = blocks[0].from_tokens(onehot, table, mask, last=last and len(blocks) == 1)
+        else:
+            x = blocks[0](dense(lambda v: v @ table, onehot), mask, last=last and len(blocks) == 1)
+        for i, block in enumerate(blocks[1:], 2):
+            x = block(x, mask, last=last and i == len(blocks))
         return x
-
-    def last_features(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
-        """The last block's output at step T-1 (every row's last real token), [B, hidden]."""
-        # = features(...)[-1], with the last block's position-wise work done at that one step. Measured (hard,
-        # batch 128, one block, forward + backward, beside the LSTM as control): minGRU 60 -> 39 ms, LRU 88 -> 64.
-        ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
-        mask = mask.T[:, :, None]
-        table = self.embed.embedding[...]
-        onehot = jax.nn.one_hot(jnp.where(mask[..., 0], ids.T, table.shape[0]), table.shape[0], dtype=table.dtype)
-        x = dense(lambda v: v @ table, onehot)
-        for block in self.blocks[:-1]:
-            x = block(x, mask)
-        return self.blocks[-1].last(x, mask)
 
     def logits(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes], computed op by op (``__call__`` compiles this)."""

@@ -20,21 +20,22 @@ FAMILIES = ("lru", "mingru", "minlstm", "mamba")
 
 def _loop(a, b):
     h, out = jnp.zeros_like(b[0]), []
-    for t in range(a.shape[0]):
-        h = a[t] * h + b[t]
+    for t in range(b.shape[0]):
+        h = (a if a.ndim < b.ndim else a[t]) * h + b[t]
         out.append(h)
     return jnp.stack(out)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "complex64"])
-def test_sequential_and_parallel_scans_match_a_python_loop_in_value_and_gradient(dtype):
+@pytest.mark.parametrize("invariant", [False, True], ids=["a_t", "a"])
+def test_sequential_and_parallel_scans_match_a_python_loop_in_value_and_gradient(dtype, invariant):
     rng = np.random.default_rng(0)
     shape = (13, 3, 5)
-    a = rng.uniform(-1, 1, shape)
+    a = rng.uniform(-1, 1, shape[1:] if invariant else shape)
     b = rng.normal(size=shape)
     w = rng.normal(size=shape)
     if dtype == "complex64":
-        a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, shape))
+        a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, a.shape))
         b = b + 1j * rng.normal(size=shape)
         w = w + 1j * rng.normal(size=shape)
     a, b, w = (jnp.asarray(x, dtype) for x in (a, b, w))
