@@ -44,12 +44,12 @@ def test_sequential_and_parallel_scans_match_a_python_loop_in_value_and_gradient
         return lambda a, b: jnp.sum(jnp.real(fn(a, b) * jnp.conj(w)))
 
     want = _loop(a, b)
-    want_grads = jax.grad(loss(_loop), argnums=(0, 1))(a, b)
+    want_grads = jax.jit(jax.grad(loss(_loop), argnums=(0, 1)))(a, b)
     assert np.abs(np.asarray(want_grads[0])).max() > 0  # the check below can fail
     for method in ("sequential", "adjoint", "parallel", "auto"):
         fn = lambda a, b, m=method: scan.linear_scan(a, b, m)  # noqa: E731
         np.testing.assert_allclose(fn(a, b), want, rtol=1e-5, atol=1e-5, err_msg=method)
-        for got, ref in zip(jax.grad(loss(fn), argnums=(0, 1))(a, b), want_grads):
+        for got, ref in zip(jax.jit(jax.grad(loss(fn), argnums=(0, 1)))(a, b), want_grads):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=method)
 
 
@@ -173,10 +173,10 @@ SMALL = {"lru": {"hidden": 8, "layers": 2, "state": 6}, "mingru": {"hidden": 8, 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
     rng = np.random.default_rng(1)
-    seqs = [rng.integers(0, 8, n) for n in (5, 9, 2)]
-    tokens = rng.integers(0, 8, (3, 11)).astype(np.int32)  # pre-padded with random ids
+    seqs = [rng.integers(0, 8, n) for n in (3, 6, 1)]
+    tokens = rng.integers(0, 8, (3, 8)).astype(np.int32)  # pre-padded with random ids
     for i, s in enumerate(seqs):
-        tokens[i, 11 - len(s):] = s
+        tokens[i, 8 - len(s):] = s
     tokens, lengths = jnp.asarray(tokens), jnp.asarray([len(s) for s in seqs])
     w = jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)
 
