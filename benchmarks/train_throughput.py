@@ -29,6 +29,7 @@ from pipelines import steps
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
 from qrsu_data import task
+from qrsu_models import registry
 
 
 def make_batches(level: task.Level, batch_size: int, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -180,7 +181,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", nargs="+", default=["hard", "nightmare"], choices=list(task.LEVELS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
-    p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=["lstm", "rnn", "gru"])
+    p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=list(registry.names()),
+                   help="registered model names (PyTorch has a counterpart of lstm, rnn, gru only)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
     p.add_argument("--compare-threads", action="store_true",

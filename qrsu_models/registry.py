@@ -153,3 +153,26 @@ def _lstm1997(*, num_classes: int, vocab_size: int, rngs: nnx.Rngs, cells: int |
 
 register(ModelSpec("lstm1997", _lstm1997, "the 1997 LSTM: blocks of 2 cells sharing input and output gates, no "
                    "forget gate, truncated gradient (docs/replication.md)", "Hochreiter & Schmidhuber 1997"))
+
+
+def _family(cls: type, **fixed: Any) -> Callable[..., nnx.Module]:
+    # The class's own keyword options, with the cell (for minRNN) fixed: the registry reads the signature.
+    def build(**kwargs: Any) -> nnx.Module:
+        return cls(**fixed, **kwargs)
+
+    build.__signature__ = inspect.signature(cls.__init__).replace(
+        parameters=[p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and n not in fixed])
+    build.__name__ = cls.__name__
+    return build
+
+
+from qrsu_models import lru, mamba, minrnn  # noqa: E402  (the linear-recurrence families)
+
+register(ModelSpec("lru", lru.LRUClassifier, "Linear Recurrent Unit: complex diagonal recurrence on a ring near 1, "
+                   "pre-norm GLU residual blocks", "Orvieto et al. 2023"))
+register(ModelSpec("mingru", _family(minrnn.MinRNNClassifier, cell="mingru"), "minGRU: input-only update gate, "
+                   "linear recurrence, pre-norm GLU residual blocks", "Feng et al. 2024"))
+register(ModelSpec("minlstm", _family(minrnn.MinRNNClassifier, cell="minlstm"), "minLSTM: input-only normalised "
+                   "forget/input gates, linear recurrence, pre-norm GLU residual blocks", "Feng et al. 2024"))
+register(ModelSpec("mamba", mamba.MambaClassifier, "Mamba: selective SSM (state 16 per channel), causal conv, "
+                   "SiLU gate, pre-norm RMSNorm residual blocks", "Gu & Dao 2023"))
