@@ -49,6 +49,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "kernels"),
     Family("gru", 80, (1e-3, 2e-3, 4e-3), "flax's: lecun-normal input, orthogonal recurrent, zero biases"),
     Family("rnn", 136, (1e-3, 2e-3, 4e-3), "flax's SimpleCell: lecun-normal input, orthogonal recurrent"),
+    Family("lru", 64, (1e-3, 3e-3, 1e-2), "the paper's: |lambda| uniform on the ring [0.9, 0.999], phases in "
+           "[0, pi], gamma = sqrt(1 - |lambda|^2), B and C complex Glorot-scaled"),
+    Family("mingru", 72, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
+    Family("minlstm", 64, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
+    Family("mamba", 48, (1e-3, 3e-3, 1e-2), "the paper's: A_n = -(n+1) (S4D-real), Delta log-uniform in "
+           "[0.001, 0.1], D = 1"),
 )}
 """The families of the default grid, each at about 20k-60k parameters (the LSTM at hidden 64 has 18,948)."""
 
