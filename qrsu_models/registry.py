@@ -153,3 +153,19 @@ def _lstm1997(*, num_classes: int, vocab_size: int, rngs: nnx.Rngs, cells: int |
 
 register(ModelSpec("lstm1997", _lstm1997, "the 1997 LSTM: blocks of 2 cells sharing input and output gates, no "
                    "forget gate, truncated gradient (docs/replication.md)", "Hochreiter & Schmidhuber 1997"))
+
+
+def _transformer(*, num_classes: int, vocab_size: int, max_length: int, rngs: nnx.Rngs, hidden: int = 64,
+                 layers: int = 2, heads: int = 4, mlp: int | float = 1.0, positions: str = "rotary",
+                 pool: str = "mean") -> nnx.Module:
+    from qrsu_models import transformer
+
+    # max_length sizes the learned position table (positions beyond it are clamped to its last row).
+    return transformer.TransformerClassifier(num_classes=num_classes, vocab_size=vocab_size, max_length=max_length,
+                                             hidden=hidden, layers=layers, heads=heads, mlp=mlp,
+                                             positions=positions, pool=pool, rngs=rngs)
+
+
+register(ModelSpec("transformer", _transformer, "pre-LayerNorm Transformer encoder (2 layers, 4 heads, rotary "
+                   "positions, masked mean pooling, padded keys masked)",
+                   "Vaswani et al. 2017; Xiong et al. 2020 (pre-LN); Su et al. 2021 (rotary)"))
