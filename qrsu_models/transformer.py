@@ -105,7 +105,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
 
 
 class EncoderLayer(nnx.Module):
-    """One pre-LN block: ``x + Attention(LN(x))`` then ``+ MLP(LN(x))`` (GELU), padded keys masked."""
+    """One pre-LN block: ``x + Attention(LN(x))`` then ``+ MLP(LN(x))`` (exact GELU, as torch's), padded keys masked."""
 
     def __init__(self, hidden: int, heads: int, mlp: int, *, rotary: bool, rngs: nnx.Rngs):
         self.heads = heads
@@ -125,7 +125,7 @@ class EncoderLayer(nnx.Module):
         if self.rotary:
             q, k = rotate(q, positions), rotate(k, positions)
         x = x + self.out(attend(q, k, v, mask).reshape(batch, steps, hidden))
-        return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
+        return x + self.down(jax.nn.gelu(self.up(self.norm2(x)), approximate=False))
 
 
 class TransformerClassifier(nnx.Module):
