@@ -3,7 +3,6 @@ long-sequence chunking, and that it learns."""
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -102,17 +101,19 @@ def test_rotary_scores_depend_on_relative_positions_only():
 
     np.testing.assert_allclose(np.asarray(scores(1000)), np.asarray(scores(0)), rtol=1e-3, atol=1e-3)
     assert np.abs(np.asarray(scores(0)) - np.einsum("bqhd,bkhd->bhqk", q, k)).max() > 0.1  # it does rotate
-    np.testing.assert_allclose(np.asarray(transformer.rotate(q, pos)), _rotary_reference(np.asarray(q), np.asarray(pos)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(transformer.rotate(q, pos)),
+                               _rotary_reference(np.asarray(q), np.asarray(pos)), rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_attention_equals_one_block():
+def test_the_fast_and_the_chunked_attention_equal_the_plain_one():
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 37, 2, 4)), jnp.float32) for _ in range(3))
     mask = jnp.arange(37)[None, :] >= jnp.array([[5], [0]])
-    one = transformer.attention(q, k, v, mask)
+    plain = np.asarray(transformer.attention(q, k, v, mask))
+    np.testing.assert_allclose(np.asarray(transformer.attention_deferred(q, k, v, mask)), plain, rtol=1e-5, atol=1e-6)
     chunked = transformer.attend(q, k, v, mask, score_block=2 * 2 * 37 * 8)  # chunks of 8 queries, the last short
-    np.testing.assert_allclose(np.asarray(chunked), np.asarray(one), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(chunked), plain, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(transformer.attention(q, k, v, ~mask)) - plain).max() > 0.1  # the mask matters
 
 
 def test_learned_positions_are_clamped_beyond_the_table():
