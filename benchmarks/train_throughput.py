@@ -255,7 +255,7 @@ def main() -> None:
         have_torch = False
         torch_note = "torch not installed: PyTorch columns skipped (pip install torch==2.13.0)"
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; {torch_note}")
-    header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
+    header = (f"{'level':<10}{'batch':>6} {'cell':<12}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
               f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}"
               + (f"{'1-thr seq/s':>13}{'thr gain':>12}" if args.compare_threads else "")
               + "".join(f"{f'u{u} seq/s':>12}{'first s':>9}" for u in args.unrolls))
@@ -276,7 +276,7 @@ def main() -> None:
                 for u in args.unrolls:
                     uf, ut, _ = ours(cell, level_name, bs, batches, args.seconds, unroll=u)
                     extra += f"{ut * bs:>12,.0f}{uf:>9.2f}"
-                print(f"{level_name:<10}{bs:>6} {cell:<5}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
+                print(f"{level_name:<10}{bs:>6} {cell:<12}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
                       f"{tf_:>9.2f}{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}{extra}", flush=True)
 
 

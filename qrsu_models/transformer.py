@@ -217,5 +217,12 @@ class TransformerClassifier(nnx.Module):
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row."""
-        layout.check_padding(padding)
-        return self.head(self.encode(tokens, lengths, padding))
+        layout.check_padding(padding)  # before jit, so the error names the value
+        return _logits(self, jnp.asarray(tokens), jnp.asarray(lengths), padding)
+
+
+@nnx.jit(static_argnames="padding")
+def _logits(model: TransformerClassifier, tokens: jax.Array, lengths: jax.Array, padding: str) -> jax.Array:
+    # jitted so that eager calls compile once per shape instead of dispatching op by op; under an outer jit
+    # (the training step) it is simply inlined.
+    return model.head(model.encode(tokens, lengths, padding))
