@@ -1,7 +1,7 @@
 """Training throughput: our train step (as `python -m pipelines.train` runs it) vs PyTorch vs the seed notebook.
 
     python benchmarks/train_throughput.py [--levels hard nightmare] [--batch-sizes 32 256]
-                                          [--cells lstm rnn gru] [--seconds 3] [--no-seed]
+                                          [--cells lstm rnn gru transformer] [--seconds 3] [--no-seed]
                                           [--compare-threads] [--unrolls 1 16]
 
 For each level, batch size and cell, side by side in one process: sequences per second of a full training
@@ -9,7 +9,8 @@ step (forward, backward, Adam update) and the first step's time (compilation inc
 - ours: `pipelines.steps.make_train_step`, the step the training pipeline uses (on one CPU device with its
   automatic gradient threads, column `thr`);
 - torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam, in a child process
-  (skipped if torch is absent);
+  (skipped if torch is absent); for the transformer, `nn.TransformerEncoder` (norm_first) at the same shape
+  with a key padding mask and masked mean pooling (:func:`torch_transformer_step`);
 - seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
 Batches are prepared before timing, so only the step is measured.
 """
@@ -79,12 +80,18 @@ def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
         return (*_timed(step, placed, seconds), train_step.threads)
 
 
+TORCH_CELLS = ("lstm", "gru", "rnn", "transformer")
+"""The models PyTorch has a built-in counterpart of (nn.LSTM, nn.GRU, nn.RNN, nn.TransformerEncoder)."""
+
+
 def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: float):
     """PyTorch's built-in recurrent layer with the same shapes and optimizer (cuDNN's kernels on a GPU)."""
     import torch
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cell == "transformer":
+        return torch_transformer_step(level, batches, seconds, device)
     layer = {"lstm": lambda: torch.nn.LSTM(8, 64, batch_first=True),
              "gru": lambda: torch.nn.GRU(8, 64, batch_first=True),
              "rnn": lambda: torch.nn.RNN(8, 64, nonlinearity="relu", batch_first=True)}[cell]()
@@ -104,6 +111,52 @@ def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: 
         opt.zero_grad(set_to_none=True)
         out, _ = layer(x)
         loss = torch.nn.functional.cross_entropy(head(out[:, -1]), y)
+        loss.backward()
+        opt.step()
+        if block and device == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    def sync(_):
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return _timed(step, prepared, seconds, sync)
+
+
+def torch_transformer_step(level: task.Level, batches, seconds: float, device: str):
+    """torch's nn.TransformerEncoder at our default's shape: pre-LN, width 64, 2 layers, 4 heads, MLP 64, exact
+    GELU, no dropout, a final LayerNorm, padded keys masked, masked mean pooling, Adam. Positions: sinusoidal,
+    counted from each row's first real token (torch has no rotary encoding; ours uses rotary, a few more
+    elementwise ops per layer)."""
+    import torch
+
+    from qrsu_models import transformer
+
+    hidden = 64
+    embed = torch.nn.Embedding(task.VOCAB_SIZE, hidden)
+    layer = torch.nn.TransformerEncoderLayer(hidden, 4, dim_feedforward=hidden, dropout=0.0, activation="gelu",
+                                             batch_first=True, norm_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, norm=torch.nn.LayerNorm(hidden), enable_nested_tensor=False)
+    head = torch.nn.Linear(hidden, level.num_classes)
+    modules = torch.nn.ModuleList([embed, encoder, head]).to(device)
+    opt = torch.optim.Adam(modules.parameters(), lr=1e-4)
+    steps = level.max_length
+    table = torch.from_numpy(np.asarray(transformer.sinusoidal(jax.numpy.arange(steps), hidden))).to(device)
+    prepared = []
+    for b in batches:
+        pad = torch.arange(steps)[None, :] < torch.from_numpy(steps - b["lengths"])[:, None]  # pre-padded
+        positions = (torch.cumsum((~pad).long(), dim=1) - 1).clamp(min=0)
+        prepared.append((torch.from_numpy(b["tokens"]).long().to(device), pad.to(device), positions.to(device),
+                         torch.from_numpy(b["label"]).long().to(device)))
+
+    def step(b, block):
+        tokens, pad, positions, y = b
+        opt.zero_grad(set_to_none=True)
+        h = encoder(embed(tokens) + table[positions], src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+        loss = torch.nn.functional.cross_entropy(head(pooled), y)
         loss.backward()
         opt.step()
         if block and device == "cuda":
@@ -182,7 +235,8 @@ def main() -> None:
     p.add_argument("--levels", nargs="+", default=["hard", "nightmare"], choices=list(task.LEVELS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
     p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=list(registry.names()),
-                   help="registered model names (PyTorch has a counterpart of lstm, rnn, gru only)")
+                   help="registered model names (PyTorch has a counterpart of lstm, rnn, gru and transformer only); "
+                        "list lstm first for the ours/lstm column")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
     p.add_argument("--compare-threads", action="store_true",
@@ -208,18 +262,21 @@ def main() -> None:
         have_torch = False
         torch_note = "torch not installed: PyTorch columns skipped (pip install torch==2.13.0)"
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; {torch_note}")
-    header = (f"{'level':<10}{'batch':>6} {'cell':<5}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
-              f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}"
+    header = (f"{'level':<10}{'batch':>6} {'cell':<12}{'thr':>4}{'ours seq/s':>12}{'first s':>9}{'torch seq/s':>13}"
+              f"{'first s':>9}{'seed seq/s':>12}{'first s':>9}{'ours/torch':>12}{'ours/seed':>11}{'ours/lstm':>11}"
               + (f"{'1-thr seq/s':>13}{'thr gain':>12}" if args.compare_threads else "")
               + "".join(f"{f'u{u} seq/s':>12}{'first s':>9}" for u in args.unrolls))
     print(header)
+    lstm_rate: dict[tuple[str, int], float] = {}  # our LSTM's rate per (level, batch), when it runs first
     for level_name in args.levels:
         level = task.get_level(level_name)
         for bs in args.batch_sizes:
             batches = make_batches(level, bs, 8)
             for cell in args.cells:
                 of, ot, threads = ours(cell, level_name, bs, batches, args.seconds)
-                tf_, tt = torch_in_child(cell, level_name, bs, args.seconds) if have_torch else (np.nan, np.nan)
+                with_torch = have_torch and cell in TORCH_CELLS
+                tf_, tt = torch_in_child(cell, level_name, bs, args.seconds) if with_torch else (np.nan, np.nan)
+                lstm_rate.setdefault((level_name, bs), ot if cell == "lstm" else np.nan)
                 run_seed = not args.no_seed and bs == 32 and cell in ("lstm", "rnn")
                 sf, st = seed_step(cell, level, batches) if run_seed else (np.nan, np.nan)
                 extra = ""
@@ -229,8 +286,9 @@ def main() -> None:
                 for u in args.unrolls:
                     uf, ut, _ = ours(cell, level_name, bs, batches, args.seconds, unroll=u)
                     extra += f"{ut * bs:>12,.0f}{uf:>9.2f}"
-                print(f"{level_name:<10}{bs:>6} {cell:<5}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
-                      f"{tf_:>9.2f}{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}{extra}", flush=True)
+                print(f"{level_name:<10}{bs:>6} {cell:<12}{threads:>4}{ot * bs:>12,.0f}{of:>9.2f}{tt * bs:>13,.0f}"
+                      f"{tf_:>9.2f}{st * bs:>12,.0f}{sf:>9.2f}{ot / tt:>12.2f}{ot / st:>11.1f}"
+                      f"{ot / lstm_rate[(level_name, bs)]:>11.2f}{extra}", flush=True)
 
 
 if __name__ == "__main__":

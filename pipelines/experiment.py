@@ -55,6 +55,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("minlstm", 64, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
     Family("mamba", 48, (1e-3, 3e-3, 1e-2), "the paper's: A_n = -(n+1) (S4D-real), Delta log-uniform in "
            "[0.001, 0.1], D = 1"),
+    Family("transformer", 64, (5e-4, 1e-3, 2e-3), "flax's Linear and Embed defaults, LayerNorm at 1 and 0; "
+           "rotary positions, nothing learned about position"),
 )}
 """The families of the default grid, each at about 20k-60k parameters (the LSTM at hidden 64 has 18,948)."""
 

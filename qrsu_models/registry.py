@@ -176,3 +176,19 @@ register(ModelSpec("minlstm", _family(minrnn.MinRNNClassifier, cell="minlstm"), 
                    "forget/input gates, linear recurrence, pre-norm GLU residual blocks", "Feng et al. 2024"))
 register(ModelSpec("mamba", mamba.MambaClassifier, "Mamba: selective SSM (state 16 per channel), causal conv, "
                    "SiLU gate, pre-norm RMSNorm residual blocks", "Gu & Dao 2023"))
+
+
+def _transformer(*, num_classes: int, vocab_size: int, max_length: int, rngs: nnx.Rngs, hidden: int = 64,
+                 layers: int = 2, heads: int = 4, mlp: int | float = 1.0, positions: str = "rotary",
+                 pool: str = "mean") -> nnx.Module:
+    from qrsu_models import transformer
+
+    # max_length sizes the learned position table (positions beyond it are clamped to its last row).
+    return transformer.TransformerClassifier(num_classes=num_classes, vocab_size=vocab_size, max_length=max_length,
+                                             hidden=hidden, layers=layers, heads=heads, mlp=mlp,
+                                             positions=positions, pool=pool, rngs=rngs)
+
+
+register(ModelSpec("transformer", _transformer, "pre-LayerNorm Transformer encoder (2 layers, 4 heads, rotary "
+                   "positions, masked mean pooling, padded keys masked)",
+                   "Vaswani et al. 2017; Xiong et al. 2020 (pre-LN); Su et al. 2021 (rotary)"))
