@@ -70,6 +70,12 @@ def _ordered_keys(selections: dict, families: Sequence[str]) -> tuple[list[str],
     return cells, levels
 
 
+def _span(values: Sequence[int | None]) -> str:
+    """'n' or 'lo-hi' of the known values, '' if none is known."""
+    known = sorted({v for v in values if v})
+    return "" if not known else f"{known[0]:,}" if len(known) == 1 else f"{known[0]:,}-{known[-1]:,}"
+
+
 def _cell_text(sel: Selection) -> str:
     solved = [r.sequences_to_solve for r in sel.runs if r.solved]
     acc = _median([r.test_accuracy for r in sel.runs])
@@ -88,9 +94,8 @@ def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: 
     lines = ["| family | parameters | state | " + " | ".join(levels) + " |", "|---" * (len(levels) + 3) + "|"]
     for cell in cells:
         runs = [r for r in results if r.cell == cell]
-        params = max((r.parameters or 0 for r in runs), default=0)
-        states = [r.state_size for r in runs if r.state_size is not None]
-        row = [cell, f"{params:,}" if params else "", f"{max(states):,}" if states else ""]
+        # Both can differ between levels (exp6b's 8-class head, a Transformer's cache at the level's length).
+        row = [cell, _span([r.parameters for r in runs]), _span([r.state_size for r in runs])]
         row += [_cell_text(selections[(cell, lv)]) if (cell, lv) in selections else "" for lv in levels]
         lines.append("| " + " | ".join(row) + " |")
     if any(lv in PAPER_1997 for lv in levels):
