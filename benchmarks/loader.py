@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import grain  # noqa: E402
 
-from qrsu_data import loaders, padding, store, task  # noqa: E402
+from qrsu_data import loaders, padding, store  # noqa: E402
 
 
 def to_categorical(y, num_classes: int, dtype: str = "float32") -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Exports a built config into another file format: ``python -m pipelines.export --config hard --format parquet --out DIR``.
+"""Exports a built config into another file format.
+
+    python -m pipelines.export --config hard --format parquet --out DIR
 
 Writes every split of the config (building it first if it is missing, and saying so) plus a croissant.json,
 atomically: into a temporary folder beside DIR, renamed into place once complete. Bad input ends the command

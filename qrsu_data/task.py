@@ -251,7 +251,7 @@ def scaled_level(level: Level | str, max_length: int) -> Level:
 
 
 def tail_level(level: Level | str, max_length: int) -> Level:
-    """``level`` with positions kept, lengths shifted so its longest sequence is ``max_length`` (``<level>-tail<N>``)."""
+    """``level`` with positions kept, lengths shifted to a longest sequence of ``max_length`` (``<level>-tail<N>``)."""
     return _lengthened(level, "tail", max_length)
 
 

@@ -167,7 +167,8 @@ def test_missing_checkpoint_and_unknown_step_and_split(run_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(RunError, match="no checkpoint at step 7; available steps: 40, 80"):
         load_run(run_dir, step=7)
-    with pytest.raises(ValueError, match="unknown split 'val' of config 'easy'; choose one of: train, validation, test"):
+    with pytest.raises(ValueError,
+                       match="unknown split 'val' of config 'easy'; choose one of: train, validation, test"):
         evaluate.evaluate_run(run_dir, split="val")
     assert evaluate.main(["--workdir", os.fspath(run_dir), "--split", "val"]) == 2
 

@@ -186,7 +186,8 @@ def test_torch_dataset_names_a_corrupt_file(data_dir, tmp_path, damage):
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         path.write_bytes(bytes(data[: len(data) // 2]))
-        with pytest.raises(catalog.CorruptSplitError, match=f"{path} holds .* but .* says .*: the file is truncated or corrupt"):
+        with pytest.raises(catalog.CorruptSplitError,
+                           match=f"{path} holds .* but .* says .*: the file is truncated or corrupt"):
             interop.TorchDataset(CONFIG, "train", copy)[0]
         return
     # Same size and record count, garbage inside the records' chunk: only a read finds it.

@@ -184,6 +184,7 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
         return sum(jnp.sum(_reference_logits(name, params, s) * w[i]) for i, s in enumerate(seqs))
 
     reference = jax.value_and_grad(reference_loss)  # op by op: on these few steps faster than compiling the loops
+    first = None  # (parameters, reference value, reference gradients) of the first method
     # The CPU default (the hand-written backward pass; Mamba's fused loop) and the accelerators' parallel scan.
     for method in ("fused" if name == "mamba" else "adjoint", "parallel"):
         model = registry.get(name).build(num_classes=3, max_length=12, seed=0,
@@ -196,9 +197,10 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
             return jnp.sum(nnx.merge(graphdef, state)(tokens, lengths) * w)
 
         if method == "parallel":  # the same parameters (the scan is no parameter), so the same reference
-            jax.tree.map(np.testing.assert_array_equal, params, first_params)
+            jax.tree.map(np.testing.assert_array_equal, params, first[0])
         else:
-            first_params, (want, want_grads) = params, reference(params)
+            first = params, *reference(params)
+        _, (want, want_grads) = first
         got, grads = jax.jit(jax.value_and_grad(loss))(params)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=method)
         flat_want = dict(jax.tree_util.tree_flatten_with_path(want_grads)[0])

@@ -219,7 +219,9 @@ def test_custom_vjp_matches_autodiff_of_the_same_scan():
         cot = jnp.asarray(rng.normal(size=(5, 16)), jnp.float32)
 
         def grad(custom_grad):
-            f = lambda a, b: (recurrence.last_hidden(cell, tok, a, b, custom_grad=custom_grad) * cot).sum()
+            def f(a, b):
+                return (recurrence.last_hidden(cell, tok, a, b, custom_grad=custom_grad) * cot).sum()
+
             return jax.grad(f, argnums=(0, 1))(w_in, w_hh)
 
         custom, plain = jax.jit(lambda: (grad(True), grad(False)))()  # one jit: compiling dominates

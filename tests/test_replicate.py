@@ -214,7 +214,8 @@ def test_refuses_an_out_of_other_settings_or_a_file(data, tmp_path, capsys):
     (["--lr", "nan"], "argument --lr: must be a positive number, got 'nan'"),
     (["--experiment", "6c"], "argument --experiment: invalid choice: '6c' (choose from '6a', '6b')"),
     (["--gradient", "rtrl"], "argument --gradient: invalid choice: 'rtrl' (choose from 'truncated', 'full')"),
-    (["--config", "hardest"], "--config: unknown config 'hardest' (unknown level 'hardest'); choose one of: easy, normal"),
+    (["--config", "hardest"],
+     "--config: unknown config 'hardest' (unknown level 'hardest'); choose one of: easy, normal"),
     (["--config", "exp6b"], "--config 'exp6b' has 8 classes; experiment 6a needs 4"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, capsys, tmp_path):
