@@ -200,7 +200,7 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
             jax.tree.map(np.testing.assert_array_equal, params, first[0])
         else:
             first = params, *reference(params)
-        _, (want, want_grads) = first
+        _, want, want_grads = first
         got, grads = jax.jit(jax.value_and_grad(loss))(params)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=method)
         flat_want = dict(jax.tree_util.tree_flatten_with_path(want_grads)[0])
