@@ -33,7 +33,7 @@ class TrainConfig:
     """Everything a training run depends on; defaults are the seed notebook's, except lr, lstm_init and clip_norm.
 
     Those three default to what solves the long-lag levels (Adam 3e-3, chrono-initialised LSTM gate biases,
-    gradients clipped at norm 1; see docs/experiment.md). ``SEED_NOTEBOOK`` holds the notebook's values.
+    gradients clipped at norm 1; see docs/leaderboard.md). ``SEED_NOTEBOOK`` holds the notebook's values.
     """
 
     model: str = "lstm"

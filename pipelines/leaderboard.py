@@ -76,19 +76,23 @@ def _span(values: Sequence[int | None]) -> str:
     return "" if not known else f"{known[0]:,}" if len(known) == 1 else f"{known[0]:,}-{known[-1]:,}"
 
 
-def _cell_text(sel: Selection) -> str:
+def _cell_text(sel: Selection, compact: bool = False) -> str:
     solved = [r.sequences_to_solve for r in sel.runs if r.solved]
     acc = _median([r.test_accuracy for r in sel.runs])
     text = f"{len(solved)}/{len(sel.runs)}"
+    if compact:
+        return text + (f", {statistics.median(solved):,.0f}" if solved else ", -") + f", {acc:.3f}"
     if solved:
         spread = f" ({min(solved):,}-{max(solved):,})" if len(solved) > 1 else ""
         text += f", {statistics.median(solved):,.0f}{spread}"
     return text + f", acc {acc:.3f}" + (f", lr {sel.lr:g}" if sel.lr is not None else "")
 
 
-def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: Sequence[float] | None = None) -> str:
+def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: Sequence[float] | None = None,
+                   compact: bool = False) -> str:
     """Families x levels: runs solved at the chosen learning rate, median (range) sequences to solve, median test
-    accuracy, the learning rate; each family's parameter count and state size; the 1997 LSTM's figures."""
+    accuracy, the learning rate; each family's parameter count and state size; the 1997 LSTM's figures.
+    ``compact``: only solved runs, median sequences to solve and median test accuracy (the README's headline)."""
     selections = select(results, lrs)
     cells, levels = _ordered_keys(selections, families)
     lines = ["| family | parameters | state | " + " | ".join(levels) + " |", "|---" * (len(levels) + 3) + "|"]
@@ -96,7 +100,7 @@ def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: 
         runs = [r for r in results if r.cell == cell]
         # Both can differ between levels (exp6b's 8-class head, a Transformer's cache at the level's length).
         row = [cell, _span([r.parameters for r in runs]), _span([r.state_size for r in runs])]
-        row += [_cell_text(selections[(cell, lv)]) if (cell, lv) in selections else "" for lv in levels]
+        row += [_cell_text(selections[(cell, lv)], compact) if (cell, lv) in selections else "" for lv in levels]
         lines.append("| " + " | ".join(row) + " |")
     if any(lv in PAPER_1997 for lv in levels):
         row = ["1997 LSTM (paper, mean)", "156 / 308", ""]
@@ -215,6 +219,7 @@ def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs
     reporting.write_text(out / "results.csv", buf.getvalue())
     table = markdown_table(results, families, lrs)
     reporting.write_text(out / "results.md", table)
+    reporting.write_text(out / "headline.md", markdown_table(results, families, lrs, compact=True))
     if lengthgen:
         reporting.write_json(out / "lengthgen.json", {"trained_on": trained_on, "accuracy": lengthgen})
         reporting.write_text(out / "lengthgen.md", lengthgen_table(lengthgen, trained_on))

@@ -116,6 +116,8 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
     assert "| lstm | 100 | 8 | 3/3, 4,001 (4,000-4,002), acc 0.995 |" in table
     assert "| rnn | 100 | 8 | 0/3, acc 0.250 |" in table
     assert "| 1997 LSTM (paper, mean) | 156 / 308 |  | 31,390 |" in table
+    headline = (tmp_path / "headline.md").read_text()
+    assert "| lstm | 100 | 8 | 3/3, 4,001, 0.995 |" in headline and "| rnn | 100 | 8 | 0/3, -, 0.250 |" in headline
     for name in ("sequences_to_solve.png", "learning_curves.png", "results.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert experiment.main(["--replot", os.fspath(tmp_path / "missing")]) == 1
