@@ -133,6 +133,8 @@ def run(config: TrainConfig) -> dict:
 def _run(config: TrainConfig, workdir: Path) -> dict:
     primary = is_primary()
     config, changes = _workdir_state(config, workdir)
+    # The model's options and size are checked before anything is built: a bad option costs no dataset build.
+    parameters = check_memory(config)
     barrier("workdir")
     if not store.is_built(config.difficulty, config.data_dir):
         print(f"Dataset {config.difficulty!r} is not built yet; building it into "
@@ -148,7 +150,6 @@ def _run(config: TrainConfig, workdir: Path) -> dict:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {train_size} examples of the train split")
     train_iter = loaders.train_loader(config.difficulty, batch_size=config.batch_size // jax.process_count(),
                                       seed=config.seed, data_dir=config.data_dir, padding=config.padding)
-    parameters = check_memory(config)
     model = create_model(config)
     state_size = registry.state_size(model, loaders.max_length(config.difficulty))
     tx = create_tx(config)

@@ -57,6 +57,15 @@ CASES = [
     ("train", ["--model-options", "[1, 2]"], 2, "not a JSON object"),
     ("train", ["--model-options", '{"layers": 2}', "--data-dir", "DATA", "--workdir", "NEW"], 2,
      "model 'lstm' has no option 'layers'; its options: hidden, lstm_init, unroll"),
+    # A family's own options are checked before anything is built, so a bad one costs no dataset build.
+    *[("train", ["--model", model, "--model-options", options, "--data-dir", "NEW/data", "--workdir", "NEW/run"], 2,
+       message) for model, options, message in [
+        ("mamba", '{"state": 0}', "state must be a positive integer, got 0"),
+        ("mingru", '{"scan": "fast"}', "unknown scan 'fast'; choose one of: auto, sequential, adjoint, parallel"),
+        ("lru", '{"r_min": 1.5}', "the ring needs 0 <= r_min < r_max < 1, got r_min=1.5"),
+        ("transformer", '{"heads": 5}', "hidden 64 must be a multiple of heads 5"),
+        ("transformer", '{"positions": "alibi"}', "unknown positions 'alibi'; choose one of: rotary, sinusoidal"),
+    ]],
     ("train", ["--workdir", "FILE"], 1, "is a file, not a folder"),
     ("train", ["--workdir", "FILE/run"], 1, "cannot use the workdir"),
     ("train", ["--workdir", ""], 2, "workdir must name a folder"),
