@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.replot:
             out = Path(args.replot)
             saved = out / "lengthgen.json"
-            lengthgen = json.loads(saved.read_text()) if saved.is_file() else {}
+            record = json.loads(saved.read_text()) if saved.is_file() else {}
             print(leaderboard.write(load_results(out), out, [*FAMILIES, *registry.names()], None,
-                                    lengthgen.get("accuracy"), lengthgen.get("trained_on", "")))
+                                    record.get("accuracy"), record.get("trained_on", "")))
             return 0
         if args.quick:  # its settings, except those given on the command line
             defaults = parser().parse_args([])
