@@ -108,6 +108,22 @@ def saved_runs(out: Path) -> dict[str, tuple[dict, RunResult]]:
     return found
 
 
+def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
+    """(family -> suite config -> accuracies by seed, the level trained on) of every evaluation in ``out``/lengthgen."""
+    runs = saved_runs(out)
+    table: dict[str, dict[str, list[float]]] = {}
+    levels = set()
+    for path in sorted((out / "lengthgen").glob("*.json"), key=lambda p: (runs[p.stem][1].cell, runs[p.stem][1].seed)
+                       if p.stem in runs else ("", 0)):
+        if path.stem not in runs:
+            continue  # an evaluation whose run was moved away
+        result = runs[path.stem][1]
+        levels.add(result.level)
+        for config, accuracy in json.loads(path.read_text()).items():
+            table.setdefault(result.cell, {}).setdefault(config, []).append(accuracy)
+    return table, ", ".join(sorted(levels))
+
+
 def check_settings(specs: list[RunSpec], out: Path) -> None:
     """ExperimentError if ``out`` holds a run of one of ``specs``'s keys with other settings."""
     saved = saved_runs(out)
@@ -306,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         if args.replot:
             out = Path(args.replot)
-            saved = out / "lengthgen.json"
-            record = json.loads(saved.read_text()) if saved.is_file() else {}
-            print(leaderboard.write(load_results(out), out, [*FAMILIES, *registry.names()], None,
-                                    record.get("accuracy"), record.get("trained_on", "")))
+            table, trained_on = saved_lengthgen(out)
+            order = [*FAMILIES, *registry.names()]
+            table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
+            print(leaderboard.write(load_results(out), out, [*FAMILIES, *registry.names()], None, table, trained_on))
+            if table:
+                print(leaderboard.lengthgen_table(table, trained_on))
             return 0
         if args.quick:  # its settings, except those given on the command line
             defaults = parser().parse_args([])

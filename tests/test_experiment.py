@@ -107,12 +107,20 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
                  curve=[[320, 0.25], [4000, 0.995]], parameters=100, state_size=8)
             for cell in ("rnn", "lstm") for seed in (0, 1, 2)]
     (tmp_path / "results.json").write_text(json.dumps(rows))
-    (tmp_path / "lengthgen.json").write_text(json.dumps(
-        {"trained_on": "hard", "accuracy": {"lstm": {"hard-len200": [0.9, 0.8, 1.0]}}}))
+    # Saved runs, with the length-generalisation records of the LSTM's (whichever invocation wrote them): the
+    # rebuilt tables hold them all.
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "lengthgen").mkdir()
+    for row in rows:
+        key = solving.RunSpec(row["cell"], "hard", row["seed"], budget=32000, check_every=320).key
+        (tmp_path / "runs" / f"{key}.json").write_text(json.dumps({"settings": {}, "result": row}))
+        if row["cell"] == "lstm":
+            accuracy = (0.9, 0.8, 1.0)[row["seed"]]
+            (tmp_path / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
     assert experiment.main(["--replot", os.fspath(tmp_path)]) == 0
     table = (tmp_path / "results.md").read_text()
     assert table.index("| lstm |") < table.index("| rnn |")  # the families' order, not the alphabet's
-    assert "hard-len200" in (tmp_path / "lengthgen.md").read_text() and (tmp_path / "lengthgen.png").is_file()
+    assert "| lstm | 0.900 |" in (tmp_path / "lengthgen.md").read_text() and (tmp_path / "lengthgen.png").is_file()
     assert "| lstm | 100 | 8 | 3/3, 4,001 (4,000-4,002), acc 0.995 |" in table
     assert "| rnn | 100 | 8 | 0/3, acc 0.250 |" in table
     assert "| 1997 LSTM (paper, mean) | 156 / 308 |  | 31,390 |" in table
