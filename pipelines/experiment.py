@@ -64,6 +64,9 @@ BUDGETS = {"easy": 8_000, "normal": 16_000, "moderate": 20_000, "hard": 20_000, 
            "exp6b": 48_000}
 """Training sequences a run may use, per level: at least 4x the LSTM's median to solve it (1,280 on easy,
 3,200 normal, 4,160 moderate, 3,840 hard, 16,320 nightmare, 10,880 exp6b), so "not solved" means something."""
+SLOW_CELLS = {("mamba", "nightmare"), ("transformer", "nightmare")}
+"""(family, level) pairs the grid leaves out unless --slow-cells is given: on the 2-core CPU each would take
+1-2 hours of its 5 runs (at length 500 a Mamba step costs ~10x, a Transformer step ~30x our LSTM's)."""
 CHECK_EVERY = {"easy": 320, "normal": 320, "moderate": 320, "hard": 320, "nightmare": 1920, "exp6b": 640}
 """Training sequences between two validation checks, per level (a nightmare check costs 5x a hard one)."""
 LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000)
@@ -195,11 +198,16 @@ class Grid:
         """Stage 2: the other seeds at the chosen learning rate."""
         return [self.spec(cell, level, lr, seed) for seed in self.args.seeds[self.args.lr_seeds:]]
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (family, level) pairs to run, level by level: every one asked for, less SLOW_CELLS by default."""
+        return [(c, lv) for lv in self.args.levels for c in self.args.cells
+                if self.args.slow_cells or (c, lv) not in SLOW_CELLS]
+
     def total(self) -> int:
         """How many runs the grid holds."""
         seeds = self.args.seeds
         return sum(len(self.lrs(c)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
-                   for c in self.args.cells for _ in self.args.levels)
+                   for c, _ in self.pairs())
 
 
 def _run(spec: RunSpec, out: Path, data_dir, done: dict[str, RunResult], bar: tqdm.tqdm, params: bool) -> RunResult:
@@ -282,6 +290,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/experiment",
                    help="output folder; each finished run is saved in OUT/runs as it ends, and a rerun into the "
                         "same folder skips the runs done with the same settings")
+    p.add_argument("--slow-cells", action="store_true",
+                   help=f"also run {', '.join(f'{c} on {lv}' for c, lv in sorted(SLOW_CELLS))}, left out by "
+                        f"default: hours each on a 2-core CPU")
     p.add_argument("--quick", action="store_true", help="the same protocol, small: lstm and gru on easy")
     p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the tables and plots of DIR's runs")
     return p
@@ -342,21 +353,22 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             print(f"{len(done)} runs are done already in {out}.", flush=True)
         with tqdm.tqdm(total=grid.total(), desc="runs", unit="run", dynamic_ncols=True) as bar:
-            bar.update(sum(1 for c in args.cells for lv in args.levels for s in grid.selection_specs(c, lv)
-                           if s.key in done))
-            for level in args.levels:
-                for cell in args.cells:
-                    params = bool(args.lengthgen_lengths) and level == args.lengthgen_level
-                    stage1 = grid.selection_specs(cell, level)
-                    check_settings(stage1, out)
-                    results = [_run(s, out, args.data_dir, done, bar, params) for s in stage1]
-                    lr = leaderboard.select(results)[(cell, level)].lr
-                    chosen[(cell, level)] = lr
-                    stage2 = grid.chosen_specs(cell, level, lr)
-                    check_settings(stage2, out)
-                    bar.update(sum(1 for s in stage2 if s.key in done))
-                    for s in stage2:
-                        _run(s, out, args.data_dir, done, bar, params)
+            bar.update(sum(1 for c, lv in grid.pairs() for s in grid.selection_specs(c, lv) if s.key in done))
+            skipped = [f"{c} on {lv}" for lv in args.levels for c in args.cells if (c, lv) not in grid.pairs()]
+            if skipped:
+                print(f"Left out (hours on a CPU; --slow-cells runs them): {', '.join(skipped)}", flush=True)
+            for cell, level in grid.pairs():
+                params = bool(args.lengthgen_lengths) and level == args.lengthgen_level
+                stage1 = grid.selection_specs(cell, level)
+                check_settings(stage1, out)
+                results = [_run(s, out, args.data_dir, done, bar, params) for s in stage1]
+                lr = leaderboard.select(results)[(cell, level)].lr
+                chosen[(cell, level)] = lr
+                stage2 = grid.chosen_specs(cell, level, lr)
+                check_settings(stage2, out)
+                bar.update(sum(1 for s in stage2 if s.key in done))
+                for s in stage2:
+                    _run(s, out, args.data_dir, done, bar, params)
         table = {}
         if args.lengthgen_lengths and args.lengthgen_level in args.levels:
             table = lengthgen(grid, chosen, out, args.data_dir)

@@ -145,3 +145,12 @@ def test_every_family_of_the_grid_runs_through_the_protocol(data_dir, tmp_path):
         assert r["test_accuracy"] > 0.25  # learnt something: chance is 0.25
     table = (out / "results.md").read_text()
     assert all(f"| {c} |" in table for c in cells)
+
+
+def test_the_default_grid_leaves_out_only_the_slow_cells(tmp_path):
+    grid = experiment.Grid(experiment.parser().parse_args([]), tmp_path)
+    every = {(c, lv) for c in experiment.FAMILIES for lv in experiment.BUDGETS}
+    assert set(grid.pairs()) == every - experiment.SLOW_CELLS and experiment.SLOW_CELLS < every
+    slow = experiment.Grid(experiment.parser().parse_args(["--slow-cells"]), tmp_path)
+    assert set(slow.pairs()) == every
+    assert grid.total() == 5 * len(grid.pairs())  # 3 learning rates on seed 0, then seeds 1 and 2
