@@ -28,21 +28,13 @@ from flax import nnx
 
 from qrsu_data import task
 from qrsu_models import initializers, layout, recurrence
+from qrsu_models.arguments import check_choice as _check_choice
+from qrsu_models.arguments import check_positive as _check_positive
 
 CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
 """Recurrent cells: the seed's ReLU RNN (nnx.SimpleCell then relu), flax's LSTMCell, flax's GRUCell."""
 LSTM_INITS: tuple[str, ...] = initializers.LSTM_INITS
 PADDINGS: tuple[str, ...] = layout.PADDINGS
-
-
-def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _check_positive(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("cell", "padding", "vocab_size", "unroll", "custom_grad"))

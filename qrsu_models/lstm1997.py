@@ -48,6 +48,7 @@ from flax import nnx
 
 from qrsu_data import task
 from qrsu_models import layout
+from qrsu_models.arguments import check_choice as _check_choice
 
 Params = dict[str, jax.Array]
 
@@ -86,12 +87,6 @@ def num_weights(params: Params) -> int:
 def _check_int(what: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
     return value
 
 

@@ -21,16 +21,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qrsu_models import layout
+from qrsu_models.arguments import check_positive  # noqa: F401  (the families check their sizes with it)
 
 NORMS: tuple[str, ...] = ("layer", "rms")
 """The blocks' and the read-out's normalisation: 'layer' (nnx.LayerNorm) or 'rms' (nnx.RMSNorm)."""
-
-
-def check_positive(what: str, value: object) -> int:
-    """Returns ``value`` if it is a positive int; raises ValueError naming ``what`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def make_norm(norm: str, hidden: int, rngs: nnx.Rngs) -> nnx.Module:

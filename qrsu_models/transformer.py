@@ -53,6 +53,8 @@ from flax import nnx
 
 from qrsu_data import task
 from qrsu_models import layout
+from qrsu_models.arguments import check_choice as _check_choice
+from qrsu_models.arguments import check_positive as _check_positive
 
 POSITIONS: tuple[str, ...] = ("rotary", "sinusoidal", "learned")
 """Positional encodings: rotary (Su et al. 2021), sinusoidal (Vaswani et al. 2017), a learned table."""
@@ -62,16 +64,6 @@ ROPE_BASE = 10_000.0
 """The base of the rotary and sinusoidal frequencies (both papers')."""
 SCORE_BLOCK = 1 << 24
 """Most attention scores (floats) one query chunk holds at once: 64 MiB, whatever the batch and length."""
-
-
-def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _check_positive(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
 
 def mlp_width(mlp: int | float, hidden: int) -> int:
