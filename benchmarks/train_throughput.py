@@ -106,11 +106,21 @@ def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: 
                                                  torch.from_numpy(level.max_length - b["lengths"])[:, None])] = 0
         prepared.append((x.to(device), torch.from_numpy(b["label"]).long().to(device)))
 
-    def step(b, block):
+    def loss(b):
         x, y = b
-        opt.zero_grad(set_to_none=True)
         out, _ = layer(x)
-        loss = torch.nn.functional.cross_entropy(head(out[:, -1]), y)
+        return torch.nn.functional.cross_entropy(head(out[:, -1]), y)
+
+    return _timed_torch(loss, opt, prepared, seconds, device)
+
+
+def _timed_torch(loss_fn, opt, prepared, seconds: float, device: str) -> tuple[float, float]:
+    """_timed of a torch train step: ``loss_fn(batch)``, its backward pass and ``opt``'s update."""
+    import torch
+
+    def step(b, block):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(b)
         loss.backward()
         opt.step()
         if block and device == "cuda":
@@ -150,24 +160,14 @@ def torch_transformer_step(level: task.Level, batches, seconds: float, device: s
         prepared.append((torch.from_numpy(b["tokens"]).long().to(device), pad.to(device), positions.to(device),
                          torch.from_numpy(b["label"]).long().to(device)))
 
-    def step(b, block):
+    def loss(b):
         tokens, pad, positions, y = b
-        opt.zero_grad(set_to_none=True)
         h = encoder(embed(tokens) + table[positions], src_key_padding_mask=pad)
         keep = (~pad).unsqueeze(-1).to(h.dtype)
         pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)
-        loss = torch.nn.functional.cross_entropy(head(pooled), y)
-        loss.backward()
-        opt.step()
-        if block and device == "cuda":
-            torch.cuda.synchronize()
-        return loss
+        return torch.nn.functional.cross_entropy(head(pooled), y)
 
-    def sync(_):
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    return _timed(step, prepared, seconds, sync)
+    return _timed_torch(loss, opt, prepared, seconds, device)
 
 
 def torch_in_child(cell: str, level: str, batch_size: int, seconds: float) -> tuple[float, float]:

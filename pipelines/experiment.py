@@ -113,14 +113,13 @@ def saved_runs(out: Path) -> dict[str, tuple[dict, RunResult]]:
 
 def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
     """(family -> suite config -> accuracies by seed, the level trained on) of every evaluation in ``out``/lengthgen."""
-    runs = saved_runs(out)
     table: dict[str, dict[str, list[float]]] = {}
     levels = set()
-    for path in sorted((out / "lengthgen").glob("*.json"), key=lambda p: (runs[p.stem][1].cell, runs[p.stem][1].seed)
-                       if p.stem in runs else ("", 0)):
-        if path.stem not in runs:
-            continue  # an evaluation whose run was moved away
-        result = runs[path.stem][1]
+    # Every saved run with an evaluation, by family and seed (an evaluation whose run was moved away is ignored).
+    for key, (_, result) in sorted(saved_runs(out).items(), key=lambda item: (item[1][1].cell, item[1][1].seed)):
+        path = out / "lengthgen" / f"{key}.json"
+        if not path.is_file():
+            continue
         levels.add(result.level)
         for config, accuracy in json.loads(path.read_text()).items():
             table.setdefault(result.cell, {}).setdefault(config, []).append(accuracy)
@@ -334,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.replot:
             out = Path(args.replot)
             table, trained_on = saved_lengthgen(out)
-            order = [*FAMILIES, *registry.names()]
+            order = list(dict.fromkeys([*FAMILIES, *registry.names()]))
             table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
-            print(leaderboard.write(load_results(out), out, [*FAMILIES, *registry.names()], None, table, trained_on))
+            print(leaderboard.write(load_results(out), out, order, None, table, trained_on))
             if table:
                 print(leaderboard.lengthgen_table(table, trained_on))
             return 0
@@ -353,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             print(f"{len(done)} runs are done already in {out}.", flush=True)
         with tqdm.tqdm(total=grid.total(), desc="runs", unit="run", dynamic_ncols=True) as bar:
-            bar.update(sum(1 for c, lv in grid.pairs() for s in grid.selection_specs(c, lv) if s.key in done))
-            skipped = [f"{c} on {lv}" for lv in args.levels for c in args.cells if (c, lv) not in grid.pairs()]
+            pairs = grid.pairs()
+            bar.update(sum(1 for c, lv in pairs for s in grid.selection_specs(c, lv) if s.key in done))
+            skipped = [f"{c} on {lv}" for lv in args.levels for c in args.cells if (c, lv) not in pairs]
             if skipped:
                 print(f"Left out (hours on a CPU; --slow-cells runs them): {', '.join(skipped)}", flush=True)
-            for cell, level in grid.pairs():
+            for cell, level in pairs:
                 params = bool(args.lengthgen_lengths) and level == args.lengthgen_level
                 stage1 = grid.selection_specs(cell, level)
                 check_settings(stage1, out)
