@@ -21,7 +21,7 @@ import argparse
 import os
 import time
 
-from pipelines import trials
+from pipelines.engine import trials
 
 EXPERIMENTS = {"6a": ("hard", 20), "6b": ("exp6b", 10)}
 """Experiment: (config, trials) as pipelines.replicate runs it (6b's config there is larger, not faster)."""

@@ -26,9 +26,11 @@ import time
 import jax
 import numpy as np
 
-from pipelines import steps
-from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding
+from pipelines.engine.model import create_model, create_tx
+from pipelines.engine.state import init_state
+from pipelines.engine.step import make_train_step
+from pipelines.engine.config import TrainConfig
+from pipelines.engine.sharding import Sharding
 from qrsu_data import task
 from qrsu_models import registry
 
@@ -68,10 +70,10 @@ def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
     sharding = Sharding.create()
     config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads,
                          unroll=unroll)
-    split, state = steps.init_state(steps.create_model(config), steps.create_tx(config), config, sharding)
+    split, state = init_state(create_model(config), create_tx(config), config.padding, sharding)
     placed = [sharding.put_batch(b) for b in batches]
     holder = {"state": state}
-    with steps.make_train_step(config, split, steps.create_tx(config), sharding) as train_step:
+    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size, length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as train_step:
 
         def step(b, block):
             holder["state"], loss = train_step(holder["state"], b)

@@ -12,12 +12,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from pipelines import cli, reporting, runs
-from pipelines.evaluator import Evaluator
-from pipelines.runs import load_run
-from pipelines.sharding import Sharding, is_primary
-from pipelines.steps import SplitModel
-from qrsu_data import catalog, loaders, store, task
+from pipelines.engine import reporting
+from pipelines.engine import workdir as workdir_lib
+from pipelines.engine.errors import guarded
+from pipelines.engine.evaluator import Evaluator
+from pipelines.engine.sharding import Sharding, is_primary
+from pipelines.engine.state import SplitModel
+from pipelines.engine.workdir import load_run
+from qrsu_data import catalog, task
+from qrsu_data.splits import SplitSpec
 
 MAX_LAG_ROWS = 20
 """At most this many rows in the by-lag table and plot; wider lag ranges (nightmare) are binned."""
@@ -129,28 +132,27 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", step: int | No
     workdir = Path(workdir).expanduser().absolute()
     run = load_run(workdir, step)
     data_dir = run.config.data_dir if data_dir is None else os.fspath(data_dir)
-    dataset = run.config.difficulty if config is None else config
-    store.check_config(dataset)
-    level = catalog.level_of(dataset)
+    dataset = run.config.dataset if config is None else SplitSpec.parse(config)  # resolved once
+    level = dataset.level_def
     if level.num_classes != run.config.num_classes:
-        raise ValueError(f"config {dataset!r} has {level.num_classes} classes but the run was trained on "
+        raise ValueError(f"config {dataset.name!r} has {level.num_classes} classes but the run was trained on "
                          f"{run.config.difficulty!r} with {run.config.num_classes}; choose a config of the same level "
                          f"family")
     catalog.ensure_built(dataset, data_dir, build_if_missing=config is not None)
-    splits = catalog.split_names(dataset)
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r} of config {dataset!r}; choose one of: {', '.join(splits)}")
+    if split not in dataset.splits:
+        raise ValueError(f"unknown split {split!r} of config {dataset.name!r}; choose one of: "
+                         f"{', '.join(dataset.splits)}")
     sharding = Sharding.create()
     model, params = SplitModel.of(run.model, run.config.padding)
-    batch_size = _eval_batch_size(run.config.eval_batch_size, loaders.max_length(dataset), sharding)
+    batch_size = _eval_batch_size(run.config.eval_batch_size, level.max_length, sharding)
     predictions = Evaluator(model, sharding, batch_size).predict(params, dataset, split, data_dir=data_dir)
     positions = catalog.open_split(dataset, split, data_dir).positions
     result = {"workdir": str(workdir), "step": run.step, "split": split, "model": run.config.model,
-              "difficulty": run.config.difficulty, "config": dataset, "data_dir": data_dir,
+              "difficulty": run.config.difficulty, "config": dataset.name, "data_dir": data_dir,
               **summarize(predictions.labels, predictions.predicted, positions, level)}
     if write and is_primary():
-        suffix = "" if config is None or config == run.config.difficulty else f"-{dataset}"
-        title = f"{run.config.model} on {dataset}, {split} split, step {run.step}"
+        suffix = "" if config is None or dataset.name == run.config.difficulty else f"-{dataset.name}"
+        title = f"{run.config.model} on {dataset.name}, {split} split, step {run.step}"
         reporting.write_json(workdir / f"evaluation{suffix}.json", result)
         plot_confusion_matrix(result, workdir / f"confusion_matrix{suffix}.png", title)
         plot_accuracy_by_lag(result, workdir / f"accuracy_by_lag{suffix}.png", title)
@@ -191,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
                                             "by lag between the relevant symbols; writes evaluation.json, "
                                             "confusion_matrix.png and accuracy_by_lag.png into the workdir.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    runs.add_run_flags(p)
+    workdir_lib.add_run_flags(p)
     p.add_argument("--split", default="test", help="which split to evaluate, every example once (test, train, ...)")
     p.add_argument("--data-dir", default=None, help="dataset dir (default: the one the run was trained with)")
     p.add_argument("--config", default=None,
@@ -207,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         result = evaluate_run(args.workdir, args.split, args.step, args.data_dir, config=args.config)
         print(format_report(result))
-        suffix = "" if args.config is None or args.config == result["difficulty"] else f"-{args.config}"
+        suffix = "" if result["config"] == result["difficulty"] else f"-{result['config']}"
         print(f"\nWrote evaluation{suffix}.json, confusion_matrix{suffix}.png and accuracy_by_lag{suffix}.png "
               f"to {result['workdir']}")
         return 0
 
-    return cli.guarded(go)
+    return guarded(go)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Every model family on every level, one protocol: ``python -m pipelines.experiment --help``.
 
 The protocol (docs/leaderboard.md): each family at its stated size; per (family, level) a grid of learning
-rates tried on seed 0, the best chosen on validation (pipelines.leaderboard), then the other seeds at it; batch
-16, gradients clipped at norm 1, a budget of training sequences per level of at least 4x what the LSTM needs;
-each run stops when solved on validation (at most 1% wrong) and reports its test accuracy (pipelines.solving).
-The models trained on ``hard`` are then evaluated on the length-generalisation suite (``hard-len200`` to
-``hard-len5000``). Every run is saved as it ends, so the grid resumes where it stopped, and the tables and
-plots are rebuilt from every saved run.
+rates tried on seed 0, the best chosen on validation (pipelines.engine.leaderboard), then the other seeds at
+it; batch 16, gradients clipped at norm 1, a budget of training sequences per level; each run stops when
+solved on validation (at most 1% wrong) and reports its test accuracy (pipelines.engine.solving). The models
+trained on ``hard`` are then evaluated on the length-generalisation suite (``hard-len200`` to
+``hard-len5000``). The runs go side by side on Ray workers, one per core (pipelines.engine.pool); each is saved
+as it ends (pipelines.engine.study), so the grid resumes where it stopped, and the tables and plots are rebuilt
+from every saved run.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-import tqdm
+import numpy as np
 
-from pipelines import cli, leaderboard, reporting
-from pipelines.evaluator import Evaluator
-from pipelines.sharding import Sharding
-from pipelines.solving import RunResult, RunSpec, load_params, run_one
-from qrsu_data import catalog, store, task
+from pipelines.engine import leaderboard, reporting
+from pipelines.engine.errors import guarded
+from pipelines.engine.evaluator import Evaluator
+from pipelines.engine.pool import Finished, Job, Pool
+from pipelines.engine.session import ensure_built
+from pipelines.engine.sharding import Sharding
+from pipelines.engine.solving import RunResult, RunSpec, model_with_params, run_one, save_params, write_events
+from pipelines.engine.study import Study, StudyError
+from qrsu_data import splits, store, task
 from qrsu_models import registry
 
 
@@ -64,9 +70,6 @@ BUDGETS = {"easy": 8_000, "normal": 16_000, "moderate": 20_000, "hard": 20_000, 
            "exp6b": 48_000}
 """Training sequences a run may use, per level: at least 4x the LSTM's median to solve it (1,280 on easy,
 3,200 normal, 4,160 moderate, 3,840 hard, 16,320 nightmare, 10,880 exp6b), so "not solved" means something."""
-SLOW_CELLS = {("mamba", "nightmare"), ("transformer", "nightmare")}
-"""(family, level) pairs the grid leaves out unless --slow-cells is given: on the 2-core CPU each would take
-1-2 hours of its 5 runs (at length 500 a Mamba step costs ~10x, a Transformer step ~30x our LSTM's)."""
 CHECK_EVERY = {"easy": 320, "normal": 320, "moderate": 320, "hard": 320, "nightmare": 1920, "exp6b": 640}
 """Training sequences between two validation checks, per level (a nightmare check costs 5x a hard one)."""
 LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000)
@@ -78,45 +81,42 @@ QUICK = {"cells": ["lstm", "gru"], "levels": ["easy"], "budget": 3200, "check_ev
 """--quick: the same protocol on two families and the easy level, for the tests."""
 
 
-class ExperimentError(cli.CommandError):
-    """An output folder that cannot take this grid's results; the message says why."""
+KIND = "experiment"
 
 
-def check_out(out: Path) -> Path:
-    """``out`` made and writable, before anything trains; ExperimentError otherwise."""
-    out = out.expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"--out {out} is a file, not a folder; give a folder for the results")
-    try:
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ExperimentError(f"cannot write the results into --out {out}: {e.strerror or e}") from None
+def results_of(study: Study) -> dict[str, RunResult]:
+    """Every finished run of ``study``, by key."""
+    out = {}
+    for key, record in study.records().items():
+        try:
+            out[key] = RunResult.from_json(record["result"])
+        except (KeyError, TypeError) as e:
+            raise StudyError(f"{study.path('runs', key + '.json')} is not a finished run of this experiment "
+                             f"({type(e).__name__}: {e}); move it away and run again (the run is then redone)") from None
     return out
 
 
-def saved_runs(out: Path) -> dict[str, tuple[dict, RunResult]]:
-    """The finished runs in ``out``/runs, by key: (their settings, their result)."""
-    found = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-            result = RunResult(**{**record["result"], "curve": [tuple(p) for p in record["result"]["curve"]]})
-            found[path.stem] = (record["settings"], result)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ExperimentError(f"{path} is not a finished run of this experiment ({type(e).__name__}: {e}); "
-                                  f"move it away and run again (the run is then redone)") from None
-    return found
+def load_results(out: Path) -> list[RunResult]:
+    """Every finished run saved in ``out`` (its runs/ folder, or a results.json of an earlier version)."""
+    if (out / "runs").is_dir():
+        return list(results_of(Study(out, KIND)).values())
+    path = out / "results.json"
+    try:
+        rows = json.loads(path.read_text())
+        return [RunResult.from_json(row) for row in rows]
+    except FileNotFoundError:
+        raise StudyError(f"{path} does not exist: give the --out folder of an earlier experiment") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise StudyError(f"{path} is not an experiment's results.json ({e})") from None
 
 
 def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
     """(family -> suite config -> accuracies by seed, the level trained on) of every evaluation in ``out``/lengthgen."""
     table: dict[str, dict[str, list[float]]] = {}
     levels = set()
+    results = results_of(Study(out, KIND)) if (out / "runs").is_dir() else {}
     # Every saved run with an evaluation, by family and seed (an evaluation whose run was moved away is ignored).
-    for key, (_, result) in sorted(saved_runs(out).items(), key=lambda item: (item[1][1].cell, item[1][1].seed)):
+    for key, result in sorted(results.items(), key=lambda item: (item[1].cell, item[1].seed)):
         path = out / "lengthgen" / f"{key}.json"
         if not path.is_file():
             continue
@@ -126,43 +126,6 @@ def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
     return table, ", ".join(sorted(levels))
 
 
-def check_settings(specs: list[RunSpec], out: Path) -> None:
-    """ExperimentError if ``out`` holds a run of one of ``specs``'s keys with other settings."""
-    saved = saved_runs(out)
-    conflicts = []
-    for spec in specs:
-        if spec.key in saved:
-            settings = saved[spec.key][0]
-            diffs = {k: (settings.get(k), v) for k, v in dataclasses.asdict(spec).items() if settings.get(k) != v}
-            if diffs:
-                listed = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
-                conflicts.append(f"{spec.key} ({listed})")
-    if conflicts:
-        raise ExperimentError(f"{out} holds runs of other settings: {'; '.join(conflicts[:5])}"
-                              f"{' ...' if len(conflicts) > 5 else ''}. Rerun with the saved settings to extend "
-                              f"the grid, or choose another --out")
-
-
-def save_run(spec: RunSpec, result: RunResult, out: Path) -> None:
-    """Writes one finished run into ``out``/runs, atomically."""
-    reporting.write_json(out / "runs" / f"{spec.key}.json",
-                         {"settings": dataclasses.asdict(spec), "result": dataclasses.asdict(result)})
-
-
-def load_results(out: Path) -> list[RunResult]:
-    """Every finished run saved in ``out`` (its runs/ folder, or a results.json of an earlier version)."""
-    if (out / "runs").is_dir():
-        return [result for _, result in saved_runs(out).values()]
-    path = out / "results.json"
-    try:
-        rows = json.loads(path.read_text())
-        return [RunResult(**{**row, "curve": [tuple(point) for point in row["curve"]]}) for row in rows]
-    except FileNotFoundError:
-        raise ExperimentError(f"{path} does not exist: give the --out folder of an earlier experiment") from None
-    except (ValueError, TypeError, KeyError) as e:
-        raise ExperimentError(f"{path} is not an experiment's results.json ({e})") from None
-
-
 def family(name: str) -> Family:
     """The family settings of ``name`` (a model of your own gets the LSTM's learning rates and hidden 64)."""
     registry.get(name)  # ValueError naming the valid models
@@ -170,10 +133,10 @@ def family(name: str) -> Family:
 
 
 class Grid:
-    """The experiment's runs: which to do, in which order, with the chosen learning rates between stages."""
+    """The experiment's runs: their settings, the learning rates tried, the (family, level) pairs."""
 
-    def __init__(self, args: argparse.Namespace, out: Path):
-        self.args, self.out = args, out
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
 
     def spec(self, cell: str, level: str, lr: float, seed: int) -> RunSpec:
         """The run of ``cell`` on ``level`` at ``lr`` from ``seed``."""
@@ -198,60 +161,124 @@ class Grid:
         return [self.spec(cell, level, lr, seed) for seed in self.args.seeds[self.args.lr_seeds:]]
 
     def pairs(self) -> list[tuple[str, str]]:
-        """The (family, level) pairs to run, level by level: every one asked for, less SLOW_CELLS by default."""
-        return [(c, lv) for lv in self.args.levels for c in self.args.cells
-                if self.args.slow_cells or (c, lv) not in SLOW_CELLS]
+        """The (family, level) pairs to run, level by level."""
+        return [(c, lv) for lv in self.args.levels for c in self.args.cells]
 
     def total(self) -> int:
-        """How many runs the grid holds."""
+        """How many tasks the grid holds: its runs, and the evaluations at length of the chosen rates' models."""
         seeds = self.args.seeds
         return sum(len(self.lrs(c)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
-                   for c, _ in self.pairs())
+                   + (len(seeds) if self.lengthgen_configs(lv) else 0) for c, lv in self.pairs())
+
+    def lengthgen_configs(self, level: str) -> list[str]:
+        """The suite configs the models trained on ``level`` are evaluated on (none off the lengthgen level)."""
+        if level != self.args.lengthgen_level:
+            return []
+        return [f"{level}-len{n}" for n in self.args.lengthgen_lengths or ()]
 
 
-def _run(spec: RunSpec, out: Path, data_dir, done: dict[str, RunResult], bar: tqdm.tqdm, params: bool) -> RunResult:
-    if spec.key in done:
-        return done[spec.key]
-    bar.set_postfix_str(spec.key)
-    result = run_one(spec, data_dir, events_dir=out / "events" / spec.key,
-                     params_path=out / "models" / f"{spec.key}.npz" if params else None)
-    save_run(spec, result, out)
-    done[spec.key] = result
-    outcome = f"solved after {result.sequences_to_solve:,} sequences" if result.solved else "not solved"
-    tqdm.tqdm.write(f"{spec.cell:<12} {spec.level:<10} lr {spec.lr:<6g} seed {spec.seed}: {outcome}; test accuracy "
-                    f"{result.test_accuracy:.4f}, {result.wrong_of_2560} of 2560 wrong, {result.wall_time_s:.0f} s")
-    bar.update(1)
-    return result
-
-
-def lengthgen(grid: Grid, chosen: dict[tuple[str, str], float], out: Path, data_dir) -> dict[str, dict[str, list]]:
-    """Test accuracy of the models trained on the length-generalisation level, on its scaled suite configs."""
-    level, lengths = grid.args.lengthgen_level, grid.args.lengthgen_lengths
-    configs = [f"{level}-len{n}" for n in lengths]
-    table: dict[str, dict[str, list[float]]] = {}
+def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[str], data_dir,
+                     monitor=None) -> dict[str, float]:
+    """Test accuracy of the model of run ``spec`` with parameters ``flat`` (solving.flat_params) on each suite
+    config (its first LENGTHGEN_LIMIT test sequences); a task of the pool."""
+    model, params = model_with_params(spec, flat, data_dir)
     sharding = Sharding.create()
-    for cell in grid.args.cells:
-        if (cell, level) not in chosen:
-            continue
-        for seed in grid.args.seeds:
-            spec = grid.spec(cell, level, chosen[(cell, level)], seed)
-            path = out / "lengthgen" / f"{spec.key}.json"
-            if path.exists():
-                record = json.loads(path.read_text())
-            else:
-                split, params = load_params(spec, out / "models" / f"{spec.key}.npz", data_dir)
-                record = {}
-                for config in configs:
-                    store.build(config, data_dir)
-                    # Batches of at most ~1M tokens: the Transformer's attention grows with the square of length.
-                    batch = max(sharding.num_devices, min(1024, 1_000_000 // catalog.max_length(config)))
-                    batch -= batch % sharding.num_devices
-                    record[config] = Evaluator(split, sharding, batch).evaluate(
-                        params, config, "test", data_dir=data_dir, limit=LENGTHGEN_LIMIT)["accuracy"]
-                reporting.write_json(path, record)
-            for config in configs:
-                table.setdefault(cell, {}).setdefault(config, []).append(record[config])
-    return table
+    record = {}
+    for config in configs:
+        dataset = splits.SplitSpec.parse(config)
+        ensure_built(dataset, data_dir)
+        # Batches of at most ~1M tokens: the Transformer's attention grows with the square of length.
+        batch = max(sharding.num_devices, min(1024, 1_000_000 // dataset.level_def.max_length))
+        batch -= batch % sharding.num_devices
+        record[config] = Evaluator(model, sharding, batch).evaluate(params, dataset, "test", data_dir=data_dir,
+                                                                    limit=LENGTHGEN_LIMIT)["accuracy"]
+    return record
+
+
+class CellPlan:
+    """One (family, level) of the grid: its learning rates on the selection seeds, then its other seeds at the
+    rate chosen on validation; on the length-generalisation level, each trained model's evaluation at length."""
+
+    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], evaluated: set[str],
+                 params_of: Callable[[RunSpec], dict | None], data_dir):
+        self.grid, self.cell, self.level, self.data_dir = grid, cell, level, data_dir
+        every = [*grid.selection_specs(cell, level),
+                 *(s for lr in grid.lrs(cell) for s in grid.chosen_specs(cell, level, lr))]
+        self.results = {s.key: done[s.key] for s in every if s.key in done}
+        self.evaluated, self.params_of = set(evaluated), params_of
+        self.handed: set[str] = set()
+        self.stage1 = grid.selection_specs(cell, level)
+        self.configs = grid.lengthgen_configs(level)
+        self.lr: float | None = None
+
+    def specs(self) -> list[RunSpec]:
+        """The runs known so far: stage 1, and stage 2 once the rate is chosen."""
+        if self.lr is None and all(s.key in self.results for s in self.stage1):
+            self.lr = leaderboard.select([self.results[s.key] for s in self.stage1])[(self.cell, self.level)].lr
+        return self.stage1 + (self.grid.chosen_specs(self.cell, self.level, self.lr) if self.lr is not None else [])
+
+    def _chosen(self, spec: RunSpec) -> bool:
+        return self.lr is not None and spec.lr == self.lr
+
+    def ready(self) -> list[Job]:
+        """Runs not done nor handed out; evaluations of the chosen rate's trained models."""
+        jobs = []
+        for spec in self.specs():
+            if spec.key not in self.results and spec.key not in self.handed:
+                jobs.append(Job(spec.key, run_one, (spec, self.data_dir)))
+            elif (self.configs and spec.key in self.results and self._chosen(spec)
+                  and spec.key not in self.evaluated and "eval:" + spec.key not in self.handed):
+                params = self.params_of(spec)
+                if params is not None:
+                    jobs.append(Job("eval:" + spec.key, evaluate_lengths, (spec, params, self.configs, self.data_dir)))
+        self.handed.update(j.key for j in jobs)
+        return jobs
+
+    def finished(self, job: Job, outcome: Any) -> None:
+        """Records a finished run or evaluation of this plan."""
+        if job.key.startswith("eval:") and job.key[5:] in self.results:
+            self.evaluated.add(job.key[5:])
+        elif job.key in {s.key for s in self.specs()}:
+            self.results[job.key] = outcome[0]
+
+    @property
+    def done(self) -> bool:
+        """Every run done, and every evaluation at length."""
+        specs = self.specs()
+        return all(s.key in self.results for s in specs) and (
+            not self.configs or all(s.key in self.evaluated for s in specs if self._chosen(s)))
+
+
+class Driver:
+    """The grid's writer: each finished run's record, model and events, each evaluation's record, as they come."""
+
+    def __init__(self, study: Study, keep_params: bool):
+        self.study, self.keep_params = study, keep_params
+
+    def params_of(self, spec: RunSpec):
+        """The saved parameters of a finished run (None if its model was not kept)."""
+        path = self.study.path("models", f"{spec.key}.npz")
+        if not path.is_file():
+            return None
+        with np.load(path) as saved:
+            return {name: saved[name] for name in saved.files}
+
+    def on_done(self, finished: Finished) -> None:
+        """Writes what ``finished`` produced."""
+        job = finished.job
+        if job.key.startswith("eval:"):
+            reporting.write_json(self.study.path("lengthgen", f"{job.key[5:]}.json"), finished.outcome)
+            return
+        spec: RunSpec = job.args[0]
+        result, params = finished.outcome
+        if self.keep_params:
+            save_params(params, self.study.path("models", f"{spec.key}.npz"))
+        write_events(result, self.study.path("events", spec.key))
+        self.study.save(spec.key, {"settings": dataclasses.asdict(spec), "result": dataclasses.asdict(result),
+                                   "attempts": finished.attempts})
+        print(f"{spec.cell:<12} {spec.level:<10} lr {spec.lr:<6g} seed {spec.seed}: {result.outcome()}; test accuracy "
+              f"{result.test_accuracy:.4f}, {result.wrong_of_2560} of 2560 wrong, {result.wall_time_s:.0f} s"
+              + (f" (attempt {finished.attempts})" if finished.attempts > 1 else ""), flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -278,9 +305,15 @@ def parser() -> argparse.ArgumentParser:
                    help="batch size; 16, not the training default 32: with more updates per sequence, fewer "
                         "training sequences solve a level (hard, Adam 3e-3: a median 3,840 at batch 16, "
                         "5,440 at 32)")
-    p.add_argument("--grad-threads", type=int, default=2,
-                   help="CPU gradient threads (see pipelines.train --help); pinned, not automatic, because the "
-                        "thread count sets the order of a float sum, so results repeat only at the same count")
+    p.add_argument("--grad-threads", type=int, default=1,
+                   help="CPU gradient threads per run (see pipelines.train --help); 1, pinned: each worker holds "
+                        "one core, and the thread count sets the order of a float sum, so results repeat only "
+                        "at the same count")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs side by side on this machine, each on one core (default: one per core)")
+    p.add_argument("--address", default=None,
+                   help="run on the existing Ray cluster at this address (e.g. HOST:6379 or ray://HOST:10001) "
+                        "instead of a local Ray; its nodes need qrsu installed")
     p.add_argument("--lengthgen-level", default="hard", help="the level whose models are evaluated on longer "
                    "sequences (default: hard)")
     p.add_argument("--lengthgen-lengths", nargs="*", type=int, default=list(LENGTHGEN_LENGTHS),
@@ -290,8 +323,8 @@ def parser() -> argparse.ArgumentParser:
                    help="output folder; each finished run is saved in OUT/runs as it ends, and a rerun into the "
                         "same folder skips the runs done with the same settings")
     p.add_argument("--slow-cells", action="store_true",
-                   help=f"also run {', '.join(f'{c} on {lv}' for c, lv in sorted(SLOW_CELLS))}, left out by "
-                        f"default: hours each on a 2-core CPU")
+                   help="no effect (kept for older command lines): since the CPU work on Mamba and the "
+                        "Transformer, the default grid runs them on nightmare too")
     p.add_argument("--quick", action="store_true", help="the same protocol, small: lstm and gru on easy")
     p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the tables and plots of DIR's runs")
     return p
@@ -302,7 +335,7 @@ def _validate(args: argparse.Namespace) -> None:
         registry.get(cell)  # ValueError naming the valid models
     for i, level in enumerate(args.levels):
         args.levels[i] = store.check_config(level)  # ValueError naming the valid configs
-    for name in ("budget", "check_every", "batch_size", "hidden"):
+    for name in ("budget", "check_every", "batch_size", "hidden", "workers"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -323,6 +356,60 @@ def _validate(args: argparse.Namespace) -> None:
             store.check_config(f"{args.lengthgen_level}-len{n}")  # ValueError for an impossible length
     if args.data_dir is not None:
         store.resolve_data_dir(args.data_dir)
+    if args.address is not None and not args.address.strip():
+        raise ValueError("--address must name a Ray cluster such as HOST:6379 or ray://HOST:10001, got ''")
+
+
+def replot(out: Path) -> int:
+    """Rewrites the tables and plots of the study in ``out`` from its saved runs; trains nothing."""
+    table, trained_on = saved_lengthgen(out)
+    order = list(dict.fromkeys([*FAMILIES, *registry.names()]))
+    table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
+    print(leaderboard.write(load_results(out), out, order, None, table, trained_on))
+    if table:
+        print(leaderboard.lengthgen_table(table, trained_on))
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Runs the grid's runs not done yet in ``args.out`` and writes its tables; returns the exit code."""
+    grid = Grid(args)
+    with Study(args.out, KIND) as study:
+        done = results_of(study)
+        pairs = grid.pairs()
+        # Refused before anything trains: a run of the same key saved with other settings.
+        study.check_runs({s.key: dataclasses.asdict(s) for c, lv in pairs for lr in grid.lrs(c)
+                          for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]})
+        for level in dict.fromkeys(lv for _, lv in pairs):
+            ensure_built(splits.SplitSpec.parse(level), args.data_dir)  # once, before the workers share it
+        driver = Driver(study, keep_params=bool(args.lengthgen_lengths))
+        evaluated = {p.stem for p in study.path("lengthgen").glob("*.json")}
+        plans = [CellPlan(grid, c, lv, done, evaluated, driver.params_of, args.data_dir) for c, lv in pairs]
+        finished_before = sum(1 for plan in plans for s in plan.specs() if s.key in done)
+        if finished_before:
+            print(f"{finished_before} runs are done already in {study.out}.", flush=True)
+        with Pool(args.workers, args.address) as pool:
+            print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
+            failed = pool.run(plans, driver.on_done, total=grid.total(),
+                              done_before=finished_before + sum(len(plan.evaluated & plan.results.keys())
+                                                                for plan in plans if plan.configs))
+        out = study.out
+    table = {}
+    if args.lengthgen_lengths and args.lengthgen_level in args.levels:
+        table, _ = saved_lengthgen(out)
+        table = {c: per for c, per in table.items() if c in args.cells}
+    results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
+    lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)})
+    print("\n" + leaderboard.write(results, out, args.cells, lrs, table, args.lengthgen_level))
+    if table:
+        print(leaderboard.lengthgen_table(table, args.lengthgen_level))
+    print(f"Wrote results.json, results.csv, results.md, sequences_to_solve.png, learning_curves.png"
+          f"{', lengthgen.md, lengthgen.png' if table else ''} and events/ (TensorBoard) to {out}")
+    if failed:
+        listed = "; ".join(f"{job.key}: {why}" for job, why in failed[:5])
+        raise StudyError(f"{len(failed)} task(s) failed and were not saved ({listed}); fix the cause and run the "
+                         f"same command again: it redoes only what is missing")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,57 +418,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         if args.replot:
-            out = Path(args.replot)
-            table, trained_on = saved_lengthgen(out)
-            order = list(dict.fromkeys([*FAMILIES, *registry.names()]))
-            table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
-            print(leaderboard.write(load_results(out), out, order, None, table, trained_on))
-            if table:
-                print(leaderboard.lengthgen_table(table, trained_on))
-            return 0
+            return replot(Path(args.replot))
         if args.quick:  # its settings, except those given on the command line
             defaults = parser().parse_args([])
             for key, value in QUICK.items():
                 if getattr(args, key) == getattr(defaults, key):
                     setattr(args, key, value)
         _validate(args)
-        out = check_out(Path(args.out))
-        grid = Grid(args, out)
-        done = {key: result for key, (_, result) in saved_runs(out).items()}
-        chosen: dict[tuple[str, str], float] = {}
-        if done:
-            print(f"{len(done)} runs are done already in {out}.", flush=True)
-        with tqdm.tqdm(total=grid.total(), desc="runs", unit="run", dynamic_ncols=True) as bar:
-            pairs = grid.pairs()
-            bar.update(sum(1 for c, lv in pairs for s in grid.selection_specs(c, lv) if s.key in done))
-            skipped = [f"{c} on {lv}" for lv in args.levels for c in args.cells if (c, lv) not in pairs]
-            if skipped:
-                print(f"Left out (hours on a CPU; --slow-cells runs them): {', '.join(skipped)}", flush=True)
-            for cell, level in pairs:
-                params = bool(args.lengthgen_lengths) and level == args.lengthgen_level
-                stage1 = grid.selection_specs(cell, level)
-                check_settings(stage1, out)
-                results = [_run(s, out, args.data_dir, done, bar, params) for s in stage1]
-                lr = leaderboard.select(results)[(cell, level)].lr
-                chosen[(cell, level)] = lr
-                stage2 = grid.chosen_specs(cell, level, lr)
-                check_settings(stage2, out)
-                bar.update(sum(1 for s in stage2 if s.key in done))
-                for s in stage2:
-                    _run(s, out, args.data_dir, done, bar, params)
-        table = {}
-        if args.lengthgen_lengths and args.lengthgen_level in args.levels:
-            table = lengthgen(grid, chosen, out, args.data_dir)
-        results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
-        lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)})
-        print("\n" + leaderboard.write(results, out, args.cells, lrs, table, args.lengthgen_level))
-        if table:
-            print(leaderboard.lengthgen_table(table, args.lengthgen_level))
-        print(f"Wrote results.json, results.csv, results.md, sequences_to_solve.png, learning_curves.png"
-              f"{', lengthgen.md, lengthgen.png' if table else ''} and events/ (TensorBoard) to {out}")
-        return 0
+        return run_grid(args)
 
-    return cli.guarded(go)
+    return guarded(go)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,27 @@ One stop rule for every row: the 2,000 most recent training sequences all classi
 each judged before the update it takes part in. A row's figure is the median and range of the training
 sequences until that held, over its trials (seeds SEED..SEED+TRIALS-1).
 
-Writes results.json (after every row, so an interrupted run resumes where it stopped), results.md and
-factors.png to ``--out``.
+The rows are independent: they train side by side on Ray workers, one per core (pipelines.engine.pool), and
+each is saved as it ends (pipelines.engine.study), so an interrupted study resumes where it stopped. Writes
+results.json, results.md and factors.png to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from pipelines import replicate, reporting, trials
+from pipelines.engine import reporting, trials
+from pipelines.engine.errors import guarded
+from pipelines.engine.flags import non_negative_int, positive_int
+from pipelines.engine.pool import Finished, Job, Pool
+from pipelines.engine.session import ensure_built
+from pipelines.engine.study import Study, StudyError
+from qrsu_data.splits import SplitSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +81,7 @@ block, does not extend to 32 blocks)."""
 ROWS = {r.name: r for r in PATH}
 STOP = trials.StopRule(window=2000, correct_by="argmax", max_error=None)
 """The one stop rule of every row."""
-PAPER_MEAN = replicate.PAPER["6a"]["mean_sequences"]
+PAPER_MEAN = trials.PAPER_TABLE_9["6a"]["mean_sequences"]
 CONFIG = "hard"
 DEFAULT_BUDGET = 100_000
 RESULT_FILES = ("results.json", "results.md", "factors.png")
@@ -171,13 +177,58 @@ def write(result: dict, out: Path) -> None:
     plot(result, out / "factors.png")
 
 
+KIND = "factors"
+
+
+def train_row(row: Row, config: str, seeds: list[int], budget: int, data_dir, monitor=None) -> dict:
+    """One row's trials, trained and tested: its record (a task of the pool)."""
+    t0 = time.perf_counter()
+    train = trials.load_split(config, "train", data_dir)
+    test = trials.load_split(config, "test", data_dir).head(trials.PAPER_TEST)
+    learner = learner_for(row, trials.num_classes_of(config))
+    outcomes, params = trials.train_trials(learner, train, seeds, budget=budget, rule=STOP, progress=False,
+                                           desc=row.name)
+    _, wrong = trials.wrong_answers(learner, params, test)
+    rows = [{**dataclasses.asdict(o), "wrong_of_2560_argmax": int(w)} for o, w in zip(outcomes, wrong)]
+    return {"name": row.name, "change": row.change, "settings": row.settings(), "summary": summarize(rows),
+            "trials": rows, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+class RowsPlan:
+    """The factor study's rows not done yet, each one task."""
+
+    def __init__(self, rows: list[Row], args: argparse.Namespace, seeds: list[int]):
+        self.jobs = [Job(r.name, train_row, (r, args.config, seeds, args.budget, args.data_dir)) for r in rows]
+        self.left = {j.key for j in self.jobs}
+
+    def ready(self) -> list[Job]:
+        """Every row at once: they are independent."""
+        jobs, self.jobs = self.jobs, []
+        return jobs
+
+    def finished(self, job: Job, outcome: dict) -> None:
+        """Marks a row done."""
+        self.left.discard(job.key)
+
+    @property
+    def done(self) -> bool:
+        """Whether every row has finished."""
+        return not self.left
+
+
+def _result(study: Study) -> dict:
+    records = study.records()
+    return {"settings": study.settings, "stop_rule": STOP.describe(),
+            "rows": [records[r.name] for r in PATH if r.name in records]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Trains every row (or the rows not yet in --out) and writes the table and plot."""
     p = argparse.ArgumentParser(prog="python -m pipelines.factors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=replicate.positive_int, default=10, help="trials (seeds) per row (default 10)")
-    p.add_argument("--seed", type=replicate.non_negative_int, default=0, help="trial i of a row uses seed SEED+i")
-    p.add_argument("--budget", type=replicate.positive_int, default=DEFAULT_BUDGET,
+    p.add_argument("--trials", type=positive_int, default=10, help="trials (seeds) per row (default 10)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="trial i of a row uses seed SEED+i")
+    p.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET,
                    help=f"training sequences per trial at most (default {DEFAULT_BUDGET:,}, the whole hard split)")
     p.add_argument("--rows", nargs="+", default=[r.name for r in PATH], choices=[r.name for r in PATH],
                    metavar="ROW", help="rows to run, of: " + ", ".join(r.name for r in PATH) + " (default: all)")
@@ -185,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                    "missing")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QRSU_DATA_DIR, else ~/qrsu_data)")
     p.add_argument("--out", default="results/factors", help="output folder (default: results/factors)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="rows trained side by side on this machine, each on one core (default: one per core)")
+    p.add_argument("--address", default=None, help="run on the existing Ray cluster at this address instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
@@ -194,52 +248,37 @@ def main(argv: list[str] | None = None) -> int:
     if num_classes != 4:
         p.error(f"--config {args.config!r} has {num_classes} classes; the factor study runs on Exp. 6a (4 classes)")
     settings = {"config": args.config, "trials": args.trials, "seed": args.seed, "budget": args.budget}
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} is a file, not a folder")
-    done: dict[str, dict] = {}
-    if (out / "results.json").exists():
-        try:
-            held = json.loads((out / "results.json").read_text())
-            held_settings, held_rows = held["settings"], held["rows"]
-        except (ValueError, KeyError, TypeError):
-            p.error(f"--out {out} holds a results.json that is not a factor study's; choose another --out")
-        if held_settings != settings:
-            diff = ", ".join(f"{k} {held_settings.get(k)!r} (now {v!r})" for k, v in settings.items()
-                             if held_settings.get(k) != v)
-            p.error(f"--out {out} already holds results of other settings: {diff}; choose another --out or "
-                    f"delete it")
-        # Resume: a row already there under the same learner settings is kept.
-        done = {r["name"]: r for r in held_rows if r["name"] in ROWS and r["settings"] == ROWS[r["name"]].settings()}
+    return guarded(lambda: run(Study(args.out, KIND, settings), args))
 
-    trials.ensure_built(args.config, args.data_dir)
-    train = trials.load_split(args.config, "train", args.data_dir)
-    test = trials.load_split(args.config, "test", args.data_dir).head(trials.PAPER_TEST)
+
+def run(study: Study, args: argparse.Namespace) -> int:
+    """Trains the asked rows not in the study yet, then writes its table and plot."""
     seeds = trials.trial_seeds(args.seed, args.trials)
-    result = {"settings": settings, "stop_rule": STOP.describe(), "rows": []}
-    out.mkdir(parents=True, exist_ok=True)
-    for row in PATH:
-        if row.name not in done and row.name not in args.rows:
-            continue
-        if row.name in done:
-            print(f"{row.name}: kept from {out / 'results.json'}", flush=True)
-            result["rows"].append(done[row.name])
-            continue
-        t0 = time.perf_counter()
-        learner = learner_for(row, num_classes)
-        outcomes, params = trials.train_trials(learner, train, seeds, budget=args.budget, rule=STOP,
-                                               progress=not args.no_progress, desc=row.name)
-        _, wrong = trials.wrong_answers(learner, params, test)
-        rows = [{**dataclasses.asdict(o), "wrong_of_2560_argmax": int(w)} for o, w in zip(outcomes, wrong)]
-        entry = {"name": row.name, "change": row.change, "settings": row.settings(), "summary": summarize(rows),
-                 "trials": rows, "wall_s": round(time.perf_counter() - t0, 1)}
-        result["rows"].append(entry)
-        m = entry["summary"]
-        med = f"median {m['median']:,.0f} (range {m['min']:,}-{m['max']:,})" if m.get("median") else "none solved"
-        print(f"{row.name}: {m['solved']}/{m['trials']} solved, {med}, {entry['wall_s']:.0f} s", flush=True)
-        reporting.write_json(out / "results.json", result)  # after every row: a rerun resumes from here
-    write(result, out)
-    print(f"\n{markdown(result)}\nWrote {', '.join(RESULT_FILES)} to {out}")
+    with study:
+        study.check_runs({r.name: r.settings() for r in PATH if r.name in args.rows})
+        done = study.records()
+        for name in done:
+            print(f"{name}: kept from {study.out}", flush=True)
+        todo = [r for r in PATH if r.name in args.rows and r.name not in done]
+        ensure_built(SplitSpec.parse(args.config), args.data_dir)
+
+        def on_done(finished: Finished) -> None:
+            entry = finished.outcome
+            study.save(entry["name"], entry)
+            m = entry["summary"]
+            med = f"median {m['median']:,.0f} (range {m['min']:,}-{m['max']:,})" if m.get("median") else "none solved"
+            print(f"{entry['name']}: {m['solved']}/{m['trials']} solved, {med}, {entry['wall_s']:.0f} s", flush=True)
+            reporting.write_json(study.path("results.json"), _result(study))  # after every row
+
+        failed = []
+        if todo:
+            with Pool(args.workers, args.address) as pool:
+                failed = pool.run([RowsPlan(todo, args, seeds)], on_done, total=len(todo), desc="rows")
+        result = _result(study)
+    write(result, study.out)
+    print(f"\n{markdown(result)}\nWrote {', '.join(RESULT_FILES)} to {study.out}")
+    if failed:
+        raise StudyError(f"rows failed and were not saved: {'; '.join(f'{j.key}: {why}' for j, why in failed)}")
     return 0
 
 

@@ -10,9 +10,10 @@ import numpy as np
 
 from flax import nnx
 
-from pipelines import cli, runs
-from pipelines.runs import load_config, load_run
-from qrsu_data import catalog, padding as padding_lib, task
+from pipelines.engine import workdir as workdir_lib
+from pipelines.engine.errors import error, guarded
+from pipelines.engine.workdir import load_config, load_run
+from qrsu_data import padding as padding_lib, task
 
 EXIT_BAD_SEQUENCE = 2
 """Exit code for a sequence that is not valid input (argparse's code for bad usage)."""
@@ -27,6 +28,18 @@ def _example(level: task.Level) -> str:
     return task.decode(task.generate(level, 1, np.random.default_rng(0)).sequences()[0])
 
 
+SHOWN_SYMBOLS = 60
+"""Messages quote at most this many symbols of a sequence (a 100,000-symbol one is named, not echoed)."""
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message: whole if short, else its start and end with its length."""
+    if len(text) <= SHOWN_SYMBOLS:
+        return repr(text)
+    half = SHOWN_SYMBOLS // 2
+    return f"'{text[:half]}...{text[-half:]}' ({len(text):,} symbols)"
+
+
 def parse_sequence(text: str, level: task.Level) -> tuple[np.ndarray, str | None]:
     """Token ids of ``text`` for a model of ``level`` and a warning if it lies outside the level's ranges."""
     vocabulary = f"vocabulary: {' '.join(task.SYMBOLS)}"
@@ -35,20 +48,20 @@ def parse_sequence(text: str, level: task.Level) -> tuple[np.ndarray, str | None
     try:
         tokens = task.encode(text)
     except ValueError as e:
-        raise SequenceError(f"{text!r}: {e}") from None
+        raise SequenceError(f"{shown(text)}: {e}") from None
     try:
         _, positions = task.check_sequence(tokens)
     except ValueError as e:
-        raise SequenceError(f"{text!r}: {e}; {rule}; {vocabulary}") from None
+        raise SequenceError(f"{shown(text)}: {e}; {rule}; {vocabulary}") from None
     if len(positions) != level.num_relevant:
-        raise SequenceError(f"{text!r}: the run's level {level.name!r} takes {level.num_relevant} relevant symbols "
+        raise SequenceError(f"{shown(text)}: the run's level {level.name!r} takes {level.num_relevant} relevant symbols "
                             f"(X or Y), found {len(positions)}; {rule}")
     try:
         task.check_sequence(tokens, level)
         warning = None
     except ValueError as e:
         # Valid input, but of a length or layout the model never saw: answer, and say it is extrapolating.
-        warning = f"{text!r}: {e}; the model was trained on {level.name!r} only, so this is extrapolation"
+        warning = f"{shown(text)}: {e}; the model was trained on {level.name!r} only, so this is extrapolation"
     return tokens, warning
 
 
@@ -73,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.predict",
                                 description="Print the class a trained run gives each sequence, with the "
                                             f"probability of every class. Symbols: {' '.join(task.SYMBOLS)}.")
-    runs.add_run_flags(p)
+    workdir_lib.add_run_flags(p)
     p.add_argument("sequences", nargs="+", metavar="SEQ", help="a sequence such as BaXbcYdE")
     return p
 
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         config = load_config(args.workdir)
-        level = catalog.level_of(config.difficulty)
+        level = config.dataset.level_def
         # Every sequence is checked before the model is loaded: a typo fails fast, and all typos are reported.
         parsed, errors = [], []
         for text in args.sequences:
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(str(e))
         if errors:
             for message in errors:
-                cli.error(message)
+                error(message)
             return EXIT_BAD_SEQUENCE
         for _, warning in parsed:
             if warning:
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_prediction(text, p, level.classes))
         return 0
 
-    return cli.guarded(go)
+    return guarded(go)
 
 
 if __name__ == "__main__":

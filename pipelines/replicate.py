@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -24,12 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import reporting, trials
+from pipelines.engine import reporting, trials
+from pipelines.engine.errors import guarded
+from pipelines.engine.flags import non_negative_int, positive_float, positive_int
+from pipelines.engine.session import ensure_built
+from pipelines.engine.study import Study
+from qrsu_data.splits import SplitSpec
 
 EXPERIMENTS = ("6a", "6b")
-PAPER = {"6a": {"mean_sequences": 31_390, "trials": 20, "wrong_of_2560": 1},
-         "6b": {"mean_sequences": 571_100, "trials": 10, "wrong_of_2560": 2}}
-"""Table 9 of the 1997 paper: mean training sequences until the stop rule held, trials, test errors."""
+PAPER = trials.PAPER_TABLE_9
 DEFAULTS = {"6a": {"config": "hard", "lr": 0.5}, "6b": {"config": "exp6b-train2000000", "lr": 0.1}}
 """Per experiment: the dataset config (6b's slowest trials need well over 100,000 sequences) and the
 paper's learning rate."""
@@ -127,42 +129,6 @@ def plot(result: dict, path: Path) -> None:
     reporting.save_figure(fig, path)
 
 
-def check_out(p: argparse.ArgumentParser, out: Path, settings: dict) -> None:
-    """Refuses (exit 2) an --out that is a file or already holds results of other settings."""
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} is a file, not a folder")
-    path = out / "results.json"
-    if path.exists():
-        try:
-            held = json.loads(path.read_text())["settings"]
-        except (ValueError, KeyError, TypeError):
-            p.error(f"--out {out} holds a results.json that is not a replication's; choose another --out")
-        if held != settings:
-            diff = ", ".join(f"{k} {held.get(k)!r} (now {v!r})" for k, v in settings.items() if held.get(k) != v)
-            p.error(f"--out {out} already holds results of other settings: {diff}; choose another --out or "
-                    f"delete it")
-
-
-def _flag_type(kind: type, ok, what: str):
-    """An argparse type: ``kind(text)`` when ``ok`` of it holds, else an error naming the value."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _flag_type(int, lambda v: v > 0, "a positive integer")
-non_negative_int = _flag_type(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = _flag_type(float, lambda v: 0 < v < float("inf"), "a positive number")
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m pipelines.replicate", description=__doc__,
@@ -191,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+KIND = "replicate"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Trains the trials, tests them and writes the results."""
     p = parser()
@@ -205,30 +174,54 @@ def main(argv: list[str] | None = None) -> int:
     if num_classes != wanted:
         p.error(f"--config {config!r} has {num_classes} classes; experiment {exp} needs {wanted} "
                 f"(e.g. {DEFAULTS[exp]['config']!r})")
+    if args.error_window > trials.MAX_WINDOW:
+        p.error(f"--error-window must be at most {trials.MAX_WINDOW:,}, got {args.error_window:,}")
     settings = {"experiment": exp, "config": config, "trials": args.trials or PAPER[exp]["trials"],
                 "seed": args.seed, "gradient": args.gradient, "budget": args.budget,
                 "lr": args.lr or DEFAULTS[exp]["lr"], "biased_gate": args.biased_gate,
                 "error_window": args.error_window}
-    out = Path(args.out or f"results/replicate-{exp}")
-    check_out(p, out, settings)
+    study = Study(args.out or f"results/replicate-{exp}", KIND, settings)
+    return guarded(lambda: replicate(study, args))
 
-    if args.error_window > trials.MAX_WINDOW:
-        p.error(f"--error-window must be at most {trials.MAX_WINDOW:,}, got {args.error_window:,}")
-    rule = dataclasses.replace(trials.PAPER_STOP, error_window=args.error_window)
+
+def replicate(study: Study, args: argparse.Namespace) -> int:
+    """Trains the study's trials (unless its folder holds them already) and writes its table and plot."""
+    settings = study.settings
+    with study:
+        result = study.records().get("trials")
+        if result is not None:
+            print(f"The trials are done already in {study.out}; rewriting the table and plot.", flush=True)
+        else:
+            result = _train_and_test(settings, args)
+            study.save("trials", result)
+    table = markdown(result)
+    reporting.write_json(study.path("results.json"), result)
+    reporting.write_text(study.path("results.md"), table)
+    plot(result, study.path("sequences_to_solve.png"))
+    print(f"\n{table}\nTraining took {result['timing']['train_s']:.1f} s ({result['timing']['total_s']:.1f} s in "
+          f"all). Wrote {', '.join(RESULT_FILES)} to {study.out}")
+    return 0
+
+
+def _train_and_test(settings: dict, args: argparse.Namespace) -> dict:
+    exp, config = settings["experiment"], settings["config"]
+    rule = dataclasses.replace(trials.PAPER_STOP, error_window=settings["error_window"])
     t0 = time.perf_counter()
-    trials.ensure_built(config, args.data_dir)
+    ensure_built(SplitSpec.parse(config), args.data_dir)
     train = trials.load_split(config, "train", args.data_dir)
     test = trials.load_split(config, "test", args.data_dir)
     if len(test) < trials.PAPER_TEST:
-        p.error(f"--config {config!r} has {len(test)} test sequences; the paper's test needs {trials.PAPER_TEST}")
+        raise ValueError(f"--config {config!r} has {len(test)} test sequences; the paper's test needs "
+                         f"{trials.PAPER_TEST}")
     test = test.head(trials.PAPER_TEST)
-    budget = args.budget or len(train)
+    budget = settings["budget"] or len(train)
     learner = trials.lstm1997_learner(
-        num_classes=num_classes, gradient=args.gradient, method="rtrl" if args.gradient == "truncated" else
-        "autodiff", loss="squared_error", tx=trials.optimizer("sgd", settings["lr"]), biased_gate=args.biased_gate)
-    seeds = trials.trial_seeds(args.seed, settings["trials"])
+        num_classes=trials.num_classes_of(config), gradient=settings["gradient"],
+        method="rtrl" if settings["gradient"] == "truncated" else "autodiff", loss="squared_error",
+        tx=trials.optimizer("sgd", settings["lr"]), biased_gate=settings["biased_gate"])
+    seeds = trials.trial_seeds(settings["seed"], settings["trials"])
     print(f"Experiment {exp}: {len(seeds)} trials side by side on {config!r} ({len(train):,} training sequences, "
-          f"at most {min(budget, len(train)):,} per trial), lr {settings['lr']:g}, {args.gradient} gradient",
+          f"at most {min(budget, len(train)):,} per trial), lr {settings['lr']:g}, {settings['gradient']} gradient",
           flush=True)
     t_train = time.perf_counter()
     outcomes, params = trials.train_trials(learner, train, seeds, budget=budget, rule=rule,
@@ -241,18 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         if r["exhausted_split"]:
             print(f"trial {r['trial']} (seed {r['seed']}) exhausted the train split ({len(train):,} sequences) "
                   f"without meeting the stop rule", flush=True)
-    result = {"settings": settings, "stop_rule": rule.describe(), "paper": PAPER[exp],
-              "summary": summarize(rows, args.seed), "trials": rows,
-              "timing": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - t0, 1),
-                         "load_average_1min": round(os.getloadavg()[0], 2)}}
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(result)
-    reporting.write_json(out / "results.json", result)
-    reporting.write_text(out / "results.md", table)
-    plot(result, out / "sequences_to_solve.png")
-    print(f"\n{table}\nTraining took {train_s:.1f} s ({result['timing']['total_s']:.1f} s in all). "
-          f"Wrote {', '.join(RESULT_FILES)} to {out}")
-    return 0
+    return {"settings": settings, "stop_rule": rule.describe(), "paper": PAPER[exp],
+            "summary": summarize(rows, settings["seed"]), "trials": rows,
+            "timing": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - t0, 1),
+                       "load_average_1min": round(os.getloadavg()[0], 2)}}
 
 
 if __name__ == "__main__":

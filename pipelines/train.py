@@ -1,9 +1,10 @@
 """Trains a sequence classifier on the temporal-order task: ``python -m pipelines.train --help``.
 
-The loop of Flax's examples: make the model, the optimizer and the data, then per epoch the train steps, the
-evaluation of the test split, the history row and a checkpoint. Around it, what keeps a run safe: one writer
-per workdir, a run replaced only once its successor has started, checkpoints that an interrupt or a resume
-continue exactly, and errors that say what to do.
+The loop of Flax's examples: make the model, the optimizer and the data (a
+:class:`pipelines.engine.session.Session`), then per epoch the train steps
+(:func:`pipelines.engine.loop.train_steps`), the evaluation of the validation split, the history row and a
+checkpoint. Around it, what keeps a run safe: one writer per workdir, a run replaced only once its successor
+has started, checkpoints that an interrupt or a resume continue exactly, and errors that say what to do.
 """
 
 from __future__ import annotations
@@ -11,72 +12,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
-import numpy as np
 import tqdm
 from flax import nnx
 
-from pipelines import cli, reporting, runs
-from pipelines import config as config_lib
-from pipelines.checkpoints import Checkpointer
-from pipelines.config import TrainConfig
-from pipelines.evaluator import Evaluator
-from pipelines.sharding import Sharding, barrier, initialize_processes, is_primary
-from pipelines.steps import create_model, create_tx, init_state, make_train_step, reset_metrics
-from qrsu_data import loaders, store
+from pipelines.engine import config as config_lib
+from pipelines.engine import reporting
+from pipelines.engine import workdir as workdir_lib
+from pipelines.engine.checkpoints import Checkpointer
+from pipelines.engine.config import TrainConfig
+from pipelines.engine.errors import EXIT_INTERRUPTED, CommandError, guarded
+from pipelines.engine.loop import INTERRUPTED, Diverged as _LoopDiverged, Every, Interrupt, train_steps
+from pipelines.engine.model import create_model
+from pipelines.engine.session import Session, ensure_built
+from pipelines.engine.sharding import barrier, initialize_processes, is_primary
+from pipelines.engine.state import reset_metrics
 from qrsu_models import registry
 
 
-class TrainingError(cli.CommandError):
+class TrainingError(CommandError):
     """A run that cannot start or go on; the message says why and what to do."""
 
 
 class Diverged(TrainingError):
     """The loss became NaN or infinite."""
-
-
-@contextlib.contextmanager
-def _interrupt_flag() -> Iterator[dict]:
-    """Turns the first Ctrl-C into a flag checked between steps (a second one stops at once)."""
-    flag = {"set": False}
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_requested(flag: dict, at_check: bool) -> bool:
-    """Whether a Ctrl-C asks to stop; with several processes, agreed by all at check steps only."""
-    if jax.process_count() == 1:
-        return flag["set"]
-    if not at_check:
-        return False
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.array(flag["set"]))))
-
-
-def _check_finite(losses: list, step: int, checkpointer: Checkpointer) -> None:
-    if losses and not np.all(np.isfinite([float(np.asarray(x.addressable_data(0))) for x in losses])):
-        steps = checkpointer.steps()
-        kept = (f"the last good checkpoint (step {steps[-1]}) is kept in {checkpointer.directory}" if steps
-                else "no checkpoint had been saved, so nothing was written")
-        raise Diverged(f"the training loss became NaN or infinite by step {step}; stopped without saving: {kept}. "
-                       f"Try a lower --lr or --clip-norm 1.")
 
 
 def available_memory() -> int:
@@ -104,11 +67,11 @@ def check_memory(config: TrainConfig) -> int:
 
 def _workdir_state(config: TrainConfig, workdir: Path) -> tuple[TrainConfig, dict]:
     """(config to run, settings a resume changed); TrainingError for a workdir that does not fit the request."""
-    holds = runs.holds_run(workdir)
+    holds = workdir_lib.holds_run(workdir)
     if config.resume:
         if not holds:
             raise TrainingError(f"nothing to resume: {workdir} holds no run")
-        saved = runs.load_config(workdir)
+        saved = workdir_lib.load_config(workdir)
         try:
             return config_lib.amend(saved, dataclasses.asdict(config))
         except ValueError as e:
@@ -124,163 +87,169 @@ def run(config: TrainConfig) -> dict:
     config.validate()
     initialize_processes(config.coordinator_address, config.num_processes, config.process_id, config.distributed,
                          config.init_timeout)
-    workdir = runs.resolve(config.workdir)
+    workdir = workdir_lib.resolve(config.workdir)
     # Process 0 owns the workdir; the others wait, so none sees a half-prepared one.
-    with runs.WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
-        return _run(config, workdir)
+    with workdir_lib.WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
+        config, changes = _workdir_state(config, workdir)
+        # The model's options and size are checked before anything is built: a bad option costs no dataset build.
+        check_memory(config)
+        barrier("workdir")
+        ensure_built(config.dataset, config.data_dir)  # locked: concurrent processes build it once
+        train_size = config.dataset.size("train")
+        steps_per_epoch = config.steps_per_epoch or train_size // config.batch_size
+        if steps_per_epoch < 1:
+            raise ValueError(f"batch_size {config.batch_size} is larger than the {train_size} examples of the train "
+                             f"split")
+        with Session.open(config) as session:
+            if config.overwrite and is_primary() and workdir_lib.run_files(workdir):
+                workdir_lib.remove_run(workdir)  # only now: the new run is known to start
+                print(f"Removed the previous run in {workdir}.", flush=True)
+            barrier("overwrite")
+            return _Training(session, workdir, steps_per_epoch, changes).run()
 
 
-def _run(config: TrainConfig, workdir: Path) -> dict:
-    primary = is_primary()
-    config, changes = _workdir_state(config, workdir)
-    # The model's options and size are checked before anything is built: a bad option costs no dataset build.
-    parameters = check_memory(config)
-    barrier("workdir")
-    if not store.is_built(config.difficulty, config.data_dir):
-        print(f"Dataset {config.difficulty!r} is not built yet; building it into "
-              f"{store.resolve_data_dir(config.data_dir)} ...", flush=True)
-        store.build(config.difficulty, config.data_dir)  # locked: concurrent processes build it once
+class _Training:
+    """A session trained epoch by epoch into a workdir: history, events, checkpoints, the final test."""
 
-    sharding = Sharding.create()
-    sharding.check_batch_size(config.batch_size)
-    sharding.check_batch_size(config.eval_batch_size)
-    train_size = loaders.split_size(config.difficulty, "train", config.data_dir)
-    steps_per_epoch = config.steps_per_epoch or train_size // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {train_size} examples of the train split")
-    train_iter = loaders.train_loader(config.difficulty, batch_size=config.batch_size // jax.process_count(),
-                                      seed=config.seed, data_dir=config.data_dir, padding=config.padding)
-    model = create_model(config)
-    state_size = registry.state_size(model, loaders.max_length(config.difficulty))
-    tx = create_tx(config)
-    split, state = init_state(model, tx, config, sharding)
-    evaluator = Evaluator(split, sharding, config.eval_batch_size)
-    checkpointer = Checkpointer(workdir)
-    with make_train_step(config, split, tx, sharding) as step_fn:
-        if config.overwrite and primary and runs.run_files(workdir):
-            runs.remove_run(workdir)  # only now: the new run is known to start
-            print(f"Removed the previous run in {workdir}.", flush=True)
-        barrier("overwrite")
-        eval_split = "validation" if "validation" in loaders.split_names(config.difficulty) else "test"
-        step, elapsed, history = 0, 0.0, reporting.new_history(eval_split)
-        record = {**config.to_json(), "resume": False, "overwrite": False, "parameters": parameters,
-                  "state_size": state_size, "resumes": []}
+    def __init__(self, session: Session, workdir: Path, steps_per_epoch: int, changes: dict):
+        config = session.config
+        self.session, self.config, self.workdir, self.steps_per_epoch = session, config, workdir, steps_per_epoch
+        self.primary = is_primary()
+        self.checkpointer = Checkpointer(workdir)
+        self.history = reporting.new_history(session.check_split)
+        self.elapsed = 0.0
+        self.record = {**config.to_json(), "resume": False, "overwrite": False, "parameters": session.parameters,
+                       "state_size": session.state_size, "resumes": []}
+        # A fresh run's config is written with its first checkpoint, so a run that stops before it (diverged,
+        # or killed) leaves nothing that would make a plain rerun refuse the workdir.
+        self.config_written = config.resume
         if config.resume:
-            step, state, meta, skipped = checkpointer.restore_newest(state, train_iter)
-            elapsed, history = meta["elapsed_s"], meta["history"]
-            done = len(history["epoch"])
-            if done > config.epochs or (done == config.epochs and step >= config.epochs * steps_per_epoch):
-                raise TrainingError(f"the run in {workdir} has trained {done} of its epochs already; pass --epochs "
-                                    f"with more than {done} to train it further")
-            record["resumes"] = [*runs.saved_record(workdir).get("resumes", []), {"at_step": step, "changed": changes}]
-            if primary:
-                for s, why in skipped:
-                    print(f"warning: checkpoint step {s} is unreadable ({why}); resuming from step {step}",
-                          file=sys.stderr, flush=True)
-                reporting.write_json(workdir / "config.json", record)
-                print(f"Resumed {workdir} at step {step} (epoch {step // steps_per_epoch + 1}).", flush=True)
-        size = f"{parameters:,} parameters" + (f", state {state_size:,} floats" if state_size is not None else "")
-        if primary:
+            self._restore(changes)
+        self.events = reporting.Events(workdir / "events", purge_step=session.step if config.resume else None,
+                                       enabled=self.primary)
+        self.t_start = time.perf_counter()
+
+    def _restore(self, changes: dict) -> None:
+        s, config = self.session, self.config
+        s.step, s.state, meta, skipped = self.checkpointer.restore_newest(s.state, s.train_iter)
+        self.elapsed, self.history = meta["elapsed_s"], meta["history"]
+        done = len(self.history["epoch"])
+        if done > config.epochs or (done == config.epochs and s.step >= config.epochs * self.steps_per_epoch):
+            raise TrainingError(f"the run in {self.workdir} has trained {done} of its epochs already; pass --epochs "
+                                f"with more than {done} to train it further")
+        self.record["resumes"] = [*workdir_lib.saved_record(self.workdir).get("resumes", []),
+                                  {"at_step": s.step, "changed": changes}]
+        if self.primary:
+            for step, why in skipped:
+                print(f"warning: checkpoint step {step} is unreadable ({why}); resuming from step {s.step}",
+                      file=sys.stderr, flush=True)
+            reporting.write_json(self.workdir / "config.json", self.record)
+            print(f"Resumed {self.workdir} at step {s.step} (epoch {s.step // self.steps_per_epoch + 1}).", flush=True)
+
+    def _now(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t_start
+
+    def save(self) -> None:
+        """A checkpoint of the current step (and, the first time, the run's config.json)."""
+        if self.primary and not self.config_written:
+            reporting.write_json(self.workdir / "config.json", self.record)
+            self.config_written = True
+        s = self.session
+        self.checkpointer.save(s.step, s.state, s.train_iter,
+                               {"step": s.step, "elapsed_s": self._now(), "history": self.history})
+
+    def run(self) -> dict:
+        """Trains the remaining epochs; a summary of the run (``interrupted`` if Ctrl-C stopped it)."""
+        s, config = self.session, self.config
+        size = f"{s.parameters:,} parameters" + (f", state {s.state_size:,} floats" if s.state_size is not None else "")
+        if self.primary:
             print(f"Training {config.model} ({size}) on {config.difficulty!r}: {config.epochs} epochs of "
-                  f"{steps_per_epoch} steps, batch {config.batch_size} over {sharding.num_devices} device(s) in "
-                  f"{jax.process_count()} process(es), workdir {workdir}", flush=True)
-        t_start = time.perf_counter()
-
-        config_written = config.resume
-
-        def save() -> None:
-            nonlocal config_written
-            if primary and not config_written:
-                # A fresh run's config is written with its first checkpoint, so a run that stops before it
-                # (diverged, or killed) leaves nothing that would make a plain rerun refuse the workdir.
-                reporting.write_json(workdir / "config.json", record)
-                config_written = True
-            checkpointer.save(step, state, train_iter,
-                              {"step": step, "elapsed_s": elapsed + time.perf_counter() - t_start, "history": history})
-
-        pending: list = []
-        epoch = len(history["epoch"])
-        events = reporting.Events(workdir / "events", purge_step=step if config.resume else None, enabled=primary)
+                  f"{self.steps_per_epoch} steps, batch {config.batch_size} over {s.sharding.num_devices} device(s) "
+                  f"in {jax.process_count()} process(es), workdir {self.workdir}", flush=True)
         try:
-            with _interrupt_flag() as interrupted:
-                while epoch < config.epochs:
-                    end = (epoch + 1) * steps_per_epoch
-                    bar = tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
-                                    desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False,
-                                    dynamic_ncols=True, mininterval=0.5, disable=not primary)
-                    while step < end:
-                        state, loss = step_fn(state, sharding.put_batch(next(train_iter)))
-                        pending.append(loss)
-                        step += 1
-                        bar.update(1)
-                        at_check = step % config.log_every == 0 or step % config.checkpoint_every == 0
-                        stop = _stop_requested(interrupted, at_check)
-                        if at_check or stop:
-                            _check_finite(pending, step, checkpointer)
-                            pending.clear()
-                            running = state.metrics.compute()
-                            bar.set_postfix(loss=f"{running['loss']:.4f}", refresh=False)
-                            events.scalars(step, {"train/running_loss": running["loss"]})
-                        if stop:
-                            bar.close()
-                            save()
-                            if primary:
-                                print(f"\nInterrupted at step {step}; checkpoint saved in {checkpointer.directory}. "
-                                      f"Continue with: python -m pipelines.train --workdir {workdir} --resume",
-                                      flush=True)
-                            return {"interrupted": True, "step": step, "workdir": str(workdir)}
-                        # The epoch's last step is saved below, with the epoch's history row.
-                        if step % config.checkpoint_every == 0 and step < end:
-                            save()
-                    bar.close()
-                    _check_finite(pending, step, checkpointer)
-                    pending.clear()
-                    train = state.metrics.compute()
-                    val = evaluator.evaluate(state.params, config.difficulty, eval_split, data_dir=config.data_dir)
-                    state = reset_metrics(state, sharding)
-                    now = elapsed + time.perf_counter() - t_start
-                    for key, value in (("train_loss", train["loss"]), ("train_acc", train["accuracy"]),
-                                       ("val_loss", val["loss"]), ("val_acc", val["accuracy"]),
-                                       ("epoch", epoch + 1), ("sequences_seen", step * config.batch_size),
-                                       ("wall_time_s", round(now, 2))):
-                        history[key].append(value)
-                    events.scalars(step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
-                                          f"{eval_split}/loss": val["loss"], f"{eval_split}/accuracy": val["accuracy"]})
-                    if epoch + 1 == config.epochs:  # the test split once, on the final model
-                        test = (val if eval_split == "test" else
-                                evaluator.evaluate(state.params, config.difficulty, "test", data_dir=config.data_dir))
-                        history["test"] = {"step": step, "loss": test["loss"], "accuracy": test["accuracy"]}
-                        events.scalars(step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
-                    if primary:
-                        reporting.write_json(workdir / "history.json", history)
-                        reporting.plot_curves(history, workdir / "curves.png",
-                                              title=f"{config.model} on {config.difficulty}")
-                    save()
-                    epoch += 1
-                    if primary:
-                        tqdm.tqdm.write(f"epoch {epoch}/{config.epochs}: train loss {train['loss']:.4f} "
-                                        f"acc {train['accuracy']:.4f} | {eval_split} loss {val['loss']:.4f} "
-                                        f"acc {val['accuracy']:.4f} | {now:.0f} s")
+            with Interrupt().installed() as interrupt:
+                while len(self.history["epoch"]) < config.epochs:
+                    if self._epoch(interrupt) == INTERRUPTED:
+                        return {"interrupted": True, "step": s.step, "workdir": str(self.workdir)}
+        except _LoopDiverged as e:
+            steps = self.checkpointer.steps()
+            kept = (f"the last good checkpoint (step {steps[-1]}) is kept in {self.checkpointer.directory}" if steps
+                    else "no checkpoint had been saved, so nothing was written")
+            raise Diverged(f"{e}; stopped without saving: {kept}. Try a lower --lr or --clip-norm 1.") from None
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            raise TrainingError(f"out of memory at step {step}: {str(e).splitlines()[0][:300]}. Choose a smaller "
+            raise TrainingError(f"out of memory at step {s.step}: {str(e).splitlines()[0][:300]}. Choose a smaller "
                                 f"--batch-size, --eval-batch-size or --hidden") from None
         finally:
-            events.close()
-            checkpointer.close()
-    test = history["test"] or {}
-    summary = {"interrupted": False, "step": step, "workdir": str(workdir),
-               "sequences_seen": step * config.batch_size, "parameters": parameters, "state_size": state_size,
-               "final_test_acc": test.get("accuracy", math.nan),
-               "best_val_acc": max(history["val_acc"], default=math.nan),
-               "wall_time_s": elapsed + time.perf_counter() - t_start}
-    if primary:
-        print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
-              f"sequences, test accuracy {summary['final_test_acc']:.4f} (best {history['eval_split']} accuracy "
-              f"{summary['best_val_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
-              f"curves.png, config.json, events/ (TensorBoard) and checkpoints/ to {workdir}", flush=True)
-    return summary
+            self.events.close()
+            self.checkpointer.close()
+        return self._summary()
+
+    def _log(self, step: int) -> None:
+        running = self.session.state.metrics.compute()
+        self.bar.set_postfix(loss=f"{running['loss']:.4f}", refresh=False)
+        self.events.scalars(step, {"train/running_loss": running["loss"]})
+
+    def _epoch(self, interrupt: Interrupt) -> str:
+        s, config, epoch = self.session, self.config, len(self.history["epoch"])
+        end = (epoch + 1) * self.steps_per_epoch
+        self.bar = tqdm.tqdm(total=self.steps_per_epoch, initial=s.step - epoch * self.steps_per_epoch,
+                             desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False, dynamic_ncols=True,
+                             mininterval=0.5, disable=not self.primary)
+        # The epoch's last step is saved below, with the epoch's history row.
+        actions = [Every((config.log_every, config.checkpoint_every), self._log),
+                   Every(config.checkpoint_every, lambda step: self.save() if step < end else None)]
+        ended = train_steps(s, end, actions, interrupt=interrupt, on_step=lambda: self.bar.update(1))
+        self.bar.close()
+        if ended == INTERRUPTED:
+            self._log(s.step)
+            self.save()
+            if self.primary:
+                print(f"\nInterrupted at step {s.step}; checkpoint saved in {self.checkpointer.directory}. "
+                      f"Continue with: python -m pipelines.train --workdir {self.workdir} --resume", flush=True)
+            return ended
+        self._end_epoch(epoch)
+        return ended
+
+    def _end_epoch(self, epoch: int) -> None:
+        s, config, history = self.session, self.config, self.history
+        train = s.state.metrics.compute()
+        val = s.evaluate(s.check_split)
+        s.state = reset_metrics(s.state, s.sharding)
+        now = self._now()
+        for key, value in (("train_loss", train["loss"]), ("train_acc", train["accuracy"]),
+                           ("val_loss", val["loss"]), ("val_acc", val["accuracy"]), ("epoch", epoch + 1),
+                           ("sequences_seen", s.sequences_seen), ("wall_time_s", round(now, 2))):
+            history[key].append(value)
+        self.events.scalars(s.step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
+                                     f"{s.check_split}/loss": val["loss"], f"{s.check_split}/accuracy": val["accuracy"]})
+        if epoch + 1 == config.epochs:  # the test split once, on the final model
+            test = val if s.check_split == "test" else s.evaluate("test")
+            history["test"] = {"step": s.step, "loss": test["loss"], "accuracy": test["accuracy"]}
+            self.events.scalars(s.step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+        if self.primary:
+            reporting.write_json(self.workdir / "history.json", history)
+            reporting.plot_curves(history, self.workdir / "curves.png", title=f"{config.model} on {config.difficulty}")
+        self.save()
+        if self.primary:
+            tqdm.tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f} "
+                            f"acc {train['accuracy']:.4f} | {s.check_split} loss {val['loss']:.4f} "
+                            f"acc {val['accuracy']:.4f} | {now:.0f} s")
+
+    def _summary(self) -> dict:
+        s, config, history = self.session, self.config, self.history
+        test = history["test"] or {}
+        summary = {"interrupted": False, "step": s.step, "workdir": str(self.workdir),
+                   "sequences_seen": s.sequences_seen, "parameters": s.parameters, "state_size": s.state_size,
+                   "final_test_acc": test.get("accuracy", math.nan),
+                   "best_val_acc": max(history["val_acc"], default=math.nan), "wall_time_s": self._now()}
+        if self.primary:
+            print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
+                  f"sequences, test accuracy {summary['final_test_acc']:.4f} (best {history['eval_split']} accuracy "
+                  f"{summary['best_val_acc']:.4f}), {summary['wall_time_s']:.0f} s. Wrote history.json, "
+                  f"curves.png, config.json, events/ (TensorBoard) and checkpoints/ to {self.workdir}", flush=True)
+        return summary
 
 
 def configure(argv: list[str] | None = None) -> TrainConfig:
@@ -291,7 +260,7 @@ def configure(argv: list[str] | None = None) -> TrainConfig:
     if not flags.get("resume"):
         return TrainConfig(**flags).validate()
     fresh = TrainConfig(**{k: v for k, v in flags.items() if k in ("model", "difficulty", "seed", "workdir")})
-    saved = runs.load_config(fresh.workdir)  # RunError when there is nothing to resume
+    saved = workdir_lib.load_config(fresh.workdir)  # RunError when there is nothing to resume
     config, _ = config_lib.amend(saved, flags)  # ValueError listing the settings a resume may not change
     return config.validate()
 
@@ -301,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         summary = run(configure(argv))
-        return cli.EXIT_INTERRUPTED if summary["interrupted"] else 0
+        return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
-    return cli.guarded(go)
+    return guarded(go)
 
 
 if __name__ == "__main__":

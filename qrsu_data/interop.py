@@ -30,6 +30,7 @@ __all__ = ["TorchDataset", "torch_collate", "tf_dataset", "numpy_split", "hf_dat
 def numpy_split(config: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
                 padding: str = "pre", pad_id: int = PAD_ID, build_if_missing: bool = False) -> dict[str, np.ndarray]:
     """A whole split as fresh arrays: tokens int32 [N, T], lengths, label and positions (0-based, from B)."""
+    padding_lib.check_pad_id(pad_id)
     arrays = catalog.open_split(config, split, data_dir, build_if_missing=build_if_missing)
     return {
         "tokens": arrays.gather_tokens(slice(None), padding, pad_id),
@@ -69,7 +70,8 @@ class _TorchCollate:
     """Pads a list of TFDS examples into a dict of int64 torch tensors (a class, so DataLoader workers pickle it)."""
 
     def __init__(self, padding: str, max_length: int | None, pad_id: int):
-        self.padding, self.max_length, self.pad_id = padding_lib.check_padding(padding), max_length, pad_id
+        self.padding, self.max_length = padding_lib.check_padding(padding), max_length
+        self.pad_id = padding_lib.check_pad_id(pad_id)
 
     def __call__(self, examples: Sequence[dict]) -> dict:
         import torch

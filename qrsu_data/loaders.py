@@ -191,7 +191,7 @@ def _common(config: str, split: str, data_dir, batch_size: int, padding: str, pa
             build_if_missing: bool) -> tuple[codec.SplitArrays, str]:
     padding_lib.check_padding(padding)
     _check_int("batch_size", batch_size, 1)
-    _check_int("pad_id", pad_id, -(2 ** 31), 2 ** 31)
+    padding_lib.check_pad_id(pad_id)
     data_dir = os.fspath(store.resolve_data_dir(data_dir))
     return open_split(config, split, data_dir, build_if_missing=build_if_missing), data_dir
 

@@ -23,6 +23,19 @@ def check_padding(padding: str) -> str:
     return padding
 
 
+def check_pad_id(pad_id: int) -> int:
+    """Returns ``pad_id`` if it is an integer outside the vocabulary; raises ValueError naming the valid ids."""
+    if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+        raise TypeError(f"pad_id must be an integer, got {pad_id!r}")
+    if 0 <= pad_id < task.VOCAB_SIZE:
+        # A padded cell holding a symbol's id would read as that symbol to any consumer that ignores lengths.
+        raise ValueError(f"pad_id {pad_id} is the token id of {task.SYMBOLS[pad_id]!r}; choose an id outside the "
+                         f"vocabulary 0..{task.VOCAB_SIZE - 1}, such as {PAD_ID} (the default) or -1")
+    if not -(2 ** 31) <= pad_id < 2 ** 31:
+        raise ValueError(f"pad_id must fit in int32, got {pad_id}")
+    return int(pad_id)
+
+
 def right_align(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The ``pre`` layout of post-padded ``tokens`` [N, T]: each row's ``length`` real tokens moved to its end."""
     width = tokens.shape[1]
@@ -37,6 +50,7 @@ def right_align(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def pad_sequences(sequences: Sequence[np.ndarray], max_length: int, padding: str = "pre",
                   pad_id: int = PAD_ID) -> np.ndarray:
     """int32 [len(sequences), max_length]: each sequence placed by ``padding``, the rest ``pad_id``."""
+    check_pad_id(pad_id)
     check_padding(padding)
     out = np.full((len(sequences), max_length), pad_id, np.int32)
     for i, seq in enumerate(sequences):

@@ -225,8 +225,10 @@ class SplitSpec:
         return cls(**kwargs)
 
     @classmethod
-    def parse(cls, config: str | dict) -> SplitSpec:
-        """The spec of a config given by name or by JSON (a string starting with ``{``, or a dict)."""
+    def parse(cls, config: str | dict | SplitSpec) -> SplitSpec:
+        """The spec of a config given by name or by JSON (a string starting with ``{``, or a dict); a spec is itself."""
+        if isinstance(config, SplitSpec):
+            return config  # resolved once by the caller: every function taking a config takes its spec too
         if isinstance(config, dict) or (isinstance(config, str) and config.lstrip().startswith("{")):
             return cls.from_json(config)
         return cls.from_name(config)

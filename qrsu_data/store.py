@@ -8,11 +8,11 @@ import fcntl
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from qrsu_data import splits
+from qrsu_data.incomplete import remove_stale_incomplete
 
 DATASET_NAME = "temporal_order"
 DATA_DIR_ENV = "QRSU_DATA_DIR"
@@ -94,59 +94,19 @@ def _build_lock(config_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-BUILD_MARKER = ".qrsu-build-in-progress"
-"""A file the builder holds a shared lock on inside TFDS's ``incomplete.*`` folder while it writes there."""
-UNMARKED_STALE_S = 600
-"""An ``incomplete.*`` folder without a marker is left alone until it has been unmodified this long."""
-
-
-@contextlib.contextmanager
-def building_in(folder: str | os.PathLike) -> Iterator[None]:
-    """Marks ``folder`` (a build's temporary folder) as being written by this process until the block ends."""
-    marker = Path(folder) / BUILD_MARKER
-    with open(marker, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_SH)  # released by the kernel if this process dies: a killed build is stale
-        try:
-            yield
-        finally:
-            marker.unlink(missing_ok=True)  # not part of the dataset that TFDS renames into place
-
-
-def _in_use(folder: Path) -> bool:
-    """Whether a live build writes into ``folder``: its marker is locked, or it is unmarked and recent."""
-    marker = folder / BUILD_MARKER
-    try:
-        with open(marker, "r+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
-    except FileNotFoundError:
-        # No marker: a build just starting, or one not made by this builder's code; judge by its age.
-        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
-        return time.time() - max(newest, folder.stat().st_mtime) < UNMARKED_STALE_S
-
-
-def remove_stale_incomplete(config_dir: Path) -> tuple[list[Path], list[Path]]:
-    """Deletes what killed builds left behind (TFDS's ``incomplete.*`` folders); returns (removed, in use)."""
-    removed, busy = [], []
-    for p in sorted(config_dir.glob("incomplete.*")):
-        if not p.is_dir():
-            continue
-        if _in_use(p):
-            busy.append(p)  # another process (our build command or `tfds build`) is writing it
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed, busy
-
-
 RECORD_OVERHEAD_BYTES = 48
 """Bytes a stored record takes beyond its tokens (protobuf framing, the other features, ArrayRecord's index)."""
 GENERATION_RATE = 30_000
-"""Sequences per second a build writes on one core here (benchmarks/build_dataset.py), for time estimates."""
+"""Sequences per second a build writes on one core here at short lengths (benchmarks/build_dataset.py: hard)."""
+SYMBOL_RATE = 20_000_000
+"""Symbols per second a build writes on one core here at long lengths (measured: 20,000-symbol sequences at
+~940/s); a build's time is about sequences / GENERATION_RATE + symbols / SYMBOL_RATE."""
+
+
+def estimated_seconds(spec: splits.SplitSpec) -> float:
+    """About how long building ``spec`` takes on one core here."""
+    sequences = sum(spec.size(s) for s in spec.splits)
+    return sequences / GENERATION_RATE + sequences * sum(spec.level_def.length) / 2 / SYMBOL_RATE
 
 
 def estimated_bytes(spec: splits.SplitSpec) -> int:
@@ -164,7 +124,7 @@ def check_fits(spec: splits.SplitSpec, root: Path) -> None:
     free = shutil.disk_usage(existing).free
     if need > 0.9 * free:
         sequences = sum(spec.size(s) for s in spec.splits)
-        hours = sequences / GENERATION_RATE / 3600
+        hours = estimated_seconds(spec) / 3600
         raise ValueError(f"config {spec.name!r} holds {sequences:,} sequences, about {need / 1e9:,.1f} GB on disk "
                          f"(and about {hours:,.1f} h to generate), but {existing} has {free / 1e9:,.1f} GB free; "
                          f"choose smaller --train-size / --validation-size / --test-size or another --data-dir")

@@ -35,3 +35,18 @@ def read_events(logdir) -> dict[str, list[tuple[int, float]]]:
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray of 2 CPUs for the tests that run studies in this process, started once (the commands use a
+    Ray that is already running and leave it running)."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    from pipelines.engine.pool import WORKER_ENV
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": WORKER_ENV})
+    yield ray
+    ray.shutdown()

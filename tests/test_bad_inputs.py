@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import build_dataset, evaluate, experiment, export, predict, replicate, train
-from pipelines.config import TrainConfig
+from pipelines.engine.config import TrainConfig
 from qrsu_data import store
 
 COMMANDS = {"train": train.main, "evaluate": evaluate.main, "predict": predict.main, "experiment": experiment.main,
@@ -112,6 +112,8 @@ CASES = [
     ("experiment", ["--clip-norm", "-1"], 2, "--clip-norm must be >= 0"),
     ("experiment", ["--data-dir", ""], 2, "the data dir is empty"),
     ("experiment", ["--out", "FILE"], 1, "is a file, not a folder"),
+    ("experiment", ["--workers", "0"], 2, "--workers must be positive, got 0"),
+    ("experiment", ["--address", " "], 2, "--address must name a Ray cluster"),
     ("experiment", ["--replot", "EMPTY"], 1, "results.json does not exist"),
     ("build", ["--config", "medium", "--data-dir", "DATA"], 2, "unknown config 'medium'"),
     ("build", ["--seed", "-1", "--data-dir", "DATA"], 2, "argument --seed: must be an integer >= 0, got -1"),
@@ -130,7 +132,7 @@ CASES = [
     ("replicate", ["--experiment", "6c"], 2, "invalid choice: '6c'"),
     ("replicate", ["--trials", "0"], 2, "--trials"),
     ("replicate", ["--seed", "-1"], 2, "--seed"),
-    ("replicate", ["--out", "FILE"], 2, "is a file"),
+    ("replicate", ["--out", "FILE"], 1, "is a file"),
 ]
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 beam = pytest.importorskip("apache_beam")
 
 REPO = Path(__file__).resolve().parents[1]
+TFDS = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main"]
+"""The `tfds` command line, by this interpreter (a virtual environment need not be activated)."""
 CONFIG = "hard-train25000-validation500-test500"
 SIZES = {"train": 25_000, "validation": 500, "test": 500}
 DIRECT_RUNNER = ["--runner=DirectRunner"]
@@ -104,11 +107,11 @@ def test_config_family_by_name_and_by_kwargs():
 
 def test_tfds_cli_on_two_worker_processes_gives_the_in_process_records(tmp_path, in_process):
     """A config named by its sizes, on two Beam worker processes: the in-process records, whatever the workers."""
-    # `tfds` runs from its own bin folder: put this checkout's packages first (not another installed copy).
+    # Put this checkout's packages first (not another installed copy).
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join([os.fspath(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     # `tfds build` imports the builder from its file; Beam's worker processes must still find the generator.
-    res = subprocess.run(["tfds", "build", "qrsu_data/temporal_order", "--config", CONFIG, "--file_format",
+    res = subprocess.run([*TFDS, "build", "qrsu_data/temporal_order", "--config", CONFIG, "--file_format",
                           "array_record", "--data_dir", os.fspath(tmp_path), "--beam_pipeline_options",
                           "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

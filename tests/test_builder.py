@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from qrsu_data import splits, store, task
+from qrsu_data import incomplete, splits, store, task
 from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 
 REPO = Path(__file__).resolve().parents[1]
+TFDS = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main"]
+"""The `tfds` command line, by this interpreter (a virtual environment need not be activated)."""
 SMALL = {"train_size": 300, "validation_size": 100, "test_size": 100}
 SMALL_NAME = "train300-validation100-test100"
 VERSION = "1.1.0"
@@ -124,7 +126,7 @@ def test_building_twice_gives_identical_files(tmp_path):
 
 
 def _run(args, **kwargs):
-    # `tfds` runs from its own bin folder: put this checkout's packages first (not another installed copy).
+    # Put this checkout's packages first (not another installed copy).
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join([os.fspath(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -140,7 +142,7 @@ def test_build_command_and_tfds_cli_give_the_same_dataset(tmp_path):
     assert f"{name}: {ours_path}" in ours.stdout
     # The tfds command line needs tensorflow, apache-beam and mlcroissant (the tfds-cli extra). The full-size
     # config, cut to 300 per split by TFDS's generic writer: the same first 300 records.
-    cli = _run(["tfds", "build", "qrsu_data/temporal_order", "--config", json.dumps(FOUR), "--file_format",
+    cli = _run([*TFDS, "build", "qrsu_data/temporal_order", "--config", json.dumps(FOUR), "--file_format",
                 "array_record", "--data_dir", os.fspath(tmp_path / "cli"), "--max_examples_per_split", "300"])
     assert cli.returncode == 0, cli.stderr[-3000:]
     cli_path = tmp_path / "cli" / "temporal_order" / FOUR_NAME / VERSION
@@ -276,17 +278,17 @@ def test_only_stale_incomplete_folders_are_removed(tmp_path):
     # A live build (ours or `tfds build`, both run this builder) holds its marker's lock; a killed one does not.
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
                                "fcntl.flock(f, fcntl.LOCK_SH); print('locked', flush=True); time.sleep(60)",
-                               os.fspath(live / store.BUILD_MARKER)], stdout=subprocess.PIPE, text=True)
+                               os.fspath(live / incomplete.BUILD_MARKER)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        (killed / store.BUILD_MARKER).write_text("")
-        old = time.time() - 2 * store.UNMARKED_STALE_S
+        (killed / incomplete.BUILD_MARKER).write_text("")
+        old = time.time() - 2 * incomplete.UNMARKED_STALE_S
         for f in (*unmarked_old.rglob("*"), unmarked_old):
             os.utime(f, (old, old))
         path = _build("easy", tmp_path)
         assert live.is_dir() and unmarked_new.is_dir()  # another process may be writing these
         assert not killed.exists() and not unmarked_old.exists()
-        assert store.is_built(f"easy-{SMALL_NAME}", tmp_path) and not (path / store.BUILD_MARKER).exists()
+        assert store.is_built(f"easy-{SMALL_NAME}", tmp_path) and not (path / incomplete.BUILD_MARKER).exists()
     finally:
         holder.kill()
         holder.wait()
@@ -312,6 +314,14 @@ def test_a_config_that_cannot_fit_on_disk_is_refused_before_anything_is_written(
                                          r"generate.*GB free"):
         store.build("hard", tmp_path / "data", train_size=99_999_999_999_999)
     assert not (tmp_path / "data").exists()
+
+
+def test_the_time_estimate_counts_symbols_not_only_sequences():
+    # 120,000 sequences of ~10.5M symbols: ~1.3 TB. Their time is the symbols' (hours), not the sequences' (seconds).
+    long = splits.SplitSpec.parse('{"length": [10000000, 11000000], "positions": [[10, 20], [500, 600]]}')
+    assert store.estimated_bytes(long) > 1e12
+    assert store.estimated_seconds(long) > 3600
+    assert store.estimated_seconds(splits.SplitSpec("hard")) < 60  # 120,000 short sequences: seconds
 
 
 def test_negative_seed_is_refused():

@@ -11,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from pipelines import steps
-from pipelines.checkpoints import Checkpointer, abstract
-from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding
+from pipelines.engine.model import create_model, create_tx
+from pipelines.engine.state import init_state
+from pipelines.engine.step import make_train_step
+from pipelines.engine.checkpoints import Checkpointer, abstract
+from pipelines.engine.config import TrainConfig
+from pipelines.engine.sharding import Sharding
 from qrsu_data import loaders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,11 +55,11 @@ def test_two_processes_train_in_lockstep_and_match_one_process(data_dir, tmp_pat
     # One process, one device, fed the same global batches: each process's shard is half of every batch.
     cfg = TrainConfig(data_dir=data_dir, workdir=os.fspath(tmp_path / "ref"), lr=3e-3)
     sharding = Sharding.create(jax.devices()[:1])
-    split, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sharding)
+    split, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sharding)
     initial = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # copies: the step donates buffers
     shards = [loaders.train_loader("easy", batch_size=16, seed=cfg.seed, data_dir=data_dir, shard_index=i,
                                    shard_count=2) for i in (0, 1)]
-    with steps.make_train_step(cfg, split, steps.create_tx(cfg), sharding) as step:
+    with make_train_step(split, create_tx(cfg), sharding, batch_size=cfg.batch_size, length=cfg.dataset.level_def.max_length, grad_threads=cfg.grad_threads) as step:
         for _ in range(STEPS):
             parts = [next(it) for it in shards]
             state, _ = step(state, sharding.put_batch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))

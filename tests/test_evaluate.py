@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import config as config_lib
+from pipelines.engine import config as config_lib
 from pipelines import evaluate, predict, train
-from pipelines.runs import RunError, load_run
+from pipelines.engine.workdir import RunError, load_run
 from qrsu_data import interop, task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,12 +105,12 @@ def test_lag_bins_bin_wide_ranges():
 
 
 def test_restoring_a_model_needs_no_optimizer(run_dir, monkeypatch):
-    from pipelines import steps
+    from pipelines.engine import model
 
     def no_optimizer(*args, **kwargs):
         raise AssertionError("load_run made an optimizer")
 
-    monkeypatch.setattr(steps, "create_tx", no_optimizer)
+    monkeypatch.setattr(model, "create_tx", no_optimizer)
     run = load_run(run_dir)
     assert run.step == 80 and type(run.model).__name__ == "SequenceClassifier"
 
@@ -149,6 +149,14 @@ def test_predict_rejects_bad_sequences_with_exit_code_2(run_dir, capsys, sequenc
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing predicted: every sequence is checked first
     assert message in captured.err and repr(sequence) in captured.err
+
+
+def test_a_long_sequence_is_named_not_echoed(run_dir, capsys):
+    long = "B" + "a" * 50_000 + "X" + "b" * 49_998 + "Z"  # 100,001 symbols, one not in the vocabulary
+    assert predict.main(["--workdir", os.fspath(run_dir), long]) == 2
+    err = capsys.readouterr().err
+    assert "symbols ['Z'] are not in the vocabulary" in err and "(100,001 symbols)" in err
+    assert len(err) < 500
 
 
 def test_evaluate_on_an_empty_dir_says_how_to_train(tmp_path):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pipelines import experiment, leaderboard, solving
+from pipelines import experiment
+from pipelines.engine import leaderboard, solving
 
 from conftest import read_events
 
@@ -16,8 +17,11 @@ def data_dir(easy_data_dir):
     return easy_data_dir
 
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
 @pytest.fixture(scope="module")
-def first(data_dir, tmp_path_factory):
+def first(data_dir, tmp_path_factory, ray_cluster):
     out = tmp_path_factory.mktemp("exp") / "a"
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(out)]) == 0
     return out
@@ -70,18 +74,21 @@ def test_same_seeds_same_table(first, data_dir, tmp_path):
     assert (first / "results.md").read_text() == (tmp_path / "b" / "results.md").read_text()
 
 
-def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsys, monkeypatch):
-    trained = []
-    real = solving.run_one
-    monkeypatch.setattr(experiment, "run_one", lambda spec, d=None, **k: trained.append(spec.key) or real(spec, d, **k))
+def _records(out):
+    return {p.stem: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+
+
+def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsys):
     table = (first / "results.md").read_text()
+    before = _records(first)
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
-    assert trained == [] and "10 runs are done already" in capsys.readouterr().out
+    assert _records(first) == before and "10 runs are done already" in capsys.readouterr().out
     assert (first / "results.md").read_text() == table
     # Another seed of the same settings: only the new run trains, and the table holds it.
     assert experiment.main(["--quick", "--cells", "lstm", "--seeds", "0", "1", "2", "3", "--data-dir", data_dir,
                             "--out", os.fspath(first), "--lengthgen-lengths"]) == 0
-    assert len(trained) == 1 and trained[0].startswith("lstm-easy-") and trained[0].endswith("-seed3")
+    new = {k: t for k, t in _records(first).items() if before.get(k) != t}
+    assert len(new) == 1 and next(iter(new)).startswith("lstm-easy-") and next(iter(new)).endswith("-seed3")
 
 
 def test_runs_of_other_settings_are_refused_before_anything_trains(first, data_dir, capsys):
@@ -148,10 +155,9 @@ def test_every_family_of_the_grid_learns_easy_through_the_protocol(data_dir, tmp
     assert all(f"| {c} |" in table for c in cells)
 
 
-def test_the_default_grid_leaves_out_only_the_slow_cells(tmp_path):
-    grid = experiment.Grid(experiment.parser().parse_args([]), tmp_path)
+def test_the_default_grid_has_every_family_on_every_level():
+    grid = experiment.Grid(experiment.parser().parse_args([]))
     every = {(c, lv) for c in experiment.FAMILIES for lv in experiment.BUDGETS}
-    assert set(grid.pairs()) == every - experiment.SLOW_CELLS and experiment.SLOW_CELLS < every
-    slow = experiment.Grid(experiment.parser().parse_args(["--slow-cells"]), tmp_path)
-    assert set(slow.pairs()) == every
-    assert grid.total() == 5 * len(grid.pairs())  # 3 learning rates on seed 0, then seeds 1 and 2
+    assert set(grid.pairs()) == every and len(every) == 8 * 6
+    # 3 learning rates on seed 0, then seeds 1 and 2; and every hard model's evaluation at length.
+    assert grid.total() == 5 * len(every) + 3 * len(experiment.FAMILIES)

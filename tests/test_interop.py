@@ -39,7 +39,14 @@ def _check_padded(tokens, lengths, labels, examples, padding, pad_id):
         assert np.array_equal(real, ex["tokens"]) and (pad == pad_id).all()
 
 
-@pytest.mark.parametrize("padding,pad_id", [("pre", interop.PAD_ID), ("post", 0)])
+def test_a_pad_id_in_the_vocabulary_is_refused(data_dir):
+    with pytest.raises(ValueError, match="pad_id 0 is the token id of 'X'"):
+        interop.numpy_split(CONFIG, "train", data_dir=data_dir, pad_id=0)
+    with pytest.raises(ValueError, match="pad_id 6 is the token id of 'B'"):
+        interop.torch_collate("post", pad_id=6)
+
+
+@pytest.mark.parametrize("padding,pad_id", [("pre", interop.PAD_ID), ("post", -1)])
 def test_numpy_split_holds_every_example(data_dir, padding, pad_id):
     arrays = interop.numpy_split(CONFIG, "train", data_dir=data_dir, padding=padding, pad_id=pad_id)
     assert {k: (v.dtype, v.shape) for k, v in arrays.items()} == {

@@ -81,7 +81,7 @@ def test_train_batches_have_static_shapes_and_dtypes(data_dir, config, t):
 
 
 @pytest.mark.parametrize("padding", ["pre", "post"])
-@pytest.mark.parametrize("pad_id", [loaders.PAD_ID, 0, 8])
+@pytest.mark.parametrize("pad_id", [loaders.PAD_ID, -1, 8])
 def test_padding_layouts_hold_the_stored_sequences(data_dir, padding, pad_id):
     examples = _examples(data_dir, HARD, "test")
     batches = list(loaders.eval_loader(HARD, batch_size=64, data_dir=data_dir, padding=padding, pad_id=pad_id,
@@ -391,6 +391,12 @@ def test_unknown_config_split_padding_and_sizes_are_named(data_dir):
         loaders.train_loader(HARD, **{**kw, "shard_index": 2, "shard_count": 2})
     with pytest.raises(ValueError, match="give both shard_index and shard_count"):
         loaders.train_loader(HARD, batch_size=8, seed=0, data_dir=data_dir, shard_index=0)
+    # A pad id that is a token id would read as that symbol wherever lengths are ignored.
+    for pad_id in (0, 3, 7):
+        with pytest.raises(ValueError, match=f"pad_id {pad_id} is the token id of .*outside the vocabulary 0..7"):
+            loaders.train_loader(HARD, **{**kw, "pad_id": pad_id})
+        with pytest.raises(ValueError, match=f"pad_id {pad_id} is the token id"):
+            loaders.eval_loader(HARD, batch_size=8, data_dir=data_dir, pad_id=pad_id)
     # Larger than the split is fine for evaluation: one batch, mostly masked.
     (b,) = list(loaders.eval_loader(HARD, batch_size=400, data_dir=data_dir, **ONE_SHARD))
     assert b["mask"].sum() == 250

@@ -14,9 +14,11 @@ PRELUDE = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
     import jax, numpy as np
     from qrsu_data import padding, task
-    from pipelines import steps
-    from pipelines.config import TrainConfig
-    from pipelines.sharding import Sharding
+    from pipelines.engine.model import create_model, create_tx
+    from pipelines.engine.state import init_state
+    from pipelines.engine.step import make_train_step
+    from pipelines.engine.config import TrainConfig
+    from pipelines.engine.sharding import Sharding
 
     assert len(jax.devices()) == int(sys.argv[1]), jax.devices()
     rng = np.random.default_rng(0)
@@ -35,9 +37,10 @@ MATCH_ONE_DEVICE = PRELUDE + textwrap.dedent("""
         for model in ("lstm", "rnn"):
             cfg = TrainConfig(model=model, difficulty="hard", batch_size=32, lr=1e-3)
             sh = Sharding.create(devices)
-            split, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sh)
+            split, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sh)
             losses = []
-            with steps.make_train_step(cfg, split, steps.create_tx(cfg), sh) as step:
+            with make_train_step(split, create_tx(cfg), sh, batch_size=cfg.batch_size, length=cfg.dataset.level_def.max_length,
+                                 grad_threads=cfg.grad_threads) as step:
                 for b in batches:
                     placed = sh.put_batch(b)
                     if name == "eight" and model == "lstm" and not out.get("shards"):
@@ -61,9 +64,10 @@ MANY_STEPS = PRELUDE + textwrap.dedent("""
     cfg = TrainConfig(difficulty="easy", hidden=8)
     sh = Sharding.create()
     assert sh.blocks_each_step
-    split, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sh)
+    split, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sh)
     batches = [sh.put_batch(batch(level)) for _ in range(4)]
-    with steps.make_train_step(cfg, split, steps.create_tx(cfg), sh) as step:
+    with make_train_step(split, create_tx(cfg), sh, batch_size=cfg.batch_size, length=cfg.dataset.level_def.max_length,
+                                 grad_threads=cfg.grad_threads) as step:
         for i in range(1000):
             state, loss = step(state, batches[i % 4])
     print("RESULT" + json.dumps({"loss": float(loss)}))

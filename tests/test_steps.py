@@ -4,9 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from pipelines import steps, threaded_step
-from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding
+from pipelines.engine import threaded_step
+from pipelines.engine.config import ACCELERATOR_UNROLL, TrainConfig
+from pipelines.engine.model import create_model, create_tx, unroll
+from pipelines.engine.state import init_state
+from pipelines.engine.step import make_train_step
+from pipelines.engine.sharding import Sharding
 from qrsu_data import padding, task
 
 cpu_only = pytest.mark.skipif(jax.devices()[0].platform != "cpu",
@@ -26,9 +29,9 @@ def _batches(level_name: str, batch_size: int, n: int, seed: int = 1) -> list[di
 
 def _train(config: TrainConfig, batches) -> tuple[list[float], list[np.ndarray], dict[str, float], int]:
     sharding = Sharding.create(jax.devices()[:1])
-    split, state = steps.init_state(steps.create_model(config), steps.create_tx(config), config, sharding)
+    split, state = init_state(create_model(config), create_tx(config), config.padding, sharding)
     losses = []
-    with steps.make_train_step(config, split, steps.create_tx(config), sharding) as step:
+    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size, length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as step:
         for b in batches:
             state, loss = step(state, sharding.put_batch(b))
             losses.append(float(loss))
@@ -77,20 +80,20 @@ def test_threaded_gradient_trains_like_one_thread(model):
 def test_automatic_threads_divide_the_batch_and_stay_off_meshes():
     one_device = Sharding.create(jax.devices()[:1])
     for batch_size in (32, 256, 7, 6):
-        threads = threaded_step.grad_threads(TrainConfig(difficulty="hard", batch_size=batch_size), one_device)
+        threads = threaded_step.grad_threads(0, batch_size, 110, one_device)  # hard
         assert 1 <= threads <= 4 and batch_size % threads == 0
-        assert threads == 1 or 111 * batch_size // threads >= threaded_step.MIN_PART_WORK
-    assert threaded_step.grad_threads(TrainConfig(difficulty="hard", batch_size=7), one_device) == 1  # prime
+        assert threads == 1 or 110 * batch_size // threads >= threaded_step.MIN_PART_WORK
+    assert threaded_step.grad_threads(0, 7, 110, one_device) == 1  # prime
     # Short sequences in small batches: the extra dispatches would cost more than the threads gain.
-    assert threaded_step.grad_threads(TrainConfig(difficulty="easy", batch_size=32), one_device) == 1
-    assert threaded_step.grad_threads(TrainConfig(batch_size=32, grad_threads=4), one_device) == 4
+    assert threaded_step.grad_threads(0, 32, 8, one_device) == 1  # easy
+    assert threaded_step.grad_threads(4, 32, 8, one_device) == 4
 
 
 def test_the_threaded_step_shuts_its_threads_down():
     config = TrainConfig(difficulty="moderate", batch_size=16, grad_threads=2)
     sharding = Sharding.create(jax.devices()[:1])
-    split, _ = steps.init_state(steps.create_model(config), steps.create_tx(config), config, sharding)
-    step = threaded_step.ThreadedTrainStep(split, steps.create_tx(config), 2, 16)
+    split, _ = init_state(create_model(config), create_tx(config), config.padding, sharding)
+    step = threaded_step.ThreadedTrainStep(split, create_tx(config), 2, 16)
     with step:
         pass
     with pytest.raises(RuntimeError, match="after shutdown"):
@@ -117,10 +120,10 @@ def test_unrolled_loop_trains_like_one_step_per_iteration(model):
 
 
 def test_the_resolved_unroll_reaches_the_model():
-    assert steps.create_model(TrainConfig(model="gru", unroll=3)).unroll == 3
-    automatic = steps.create_model(TrainConfig(model="gru"))
-    assert automatic.unroll == steps.unroll(TrainConfig())
-    assert automatic.unroll == (1 if jax.devices()[0].platform == "cpu" else steps.ACCELERATOR_UNROLL)
+    assert create_model(TrainConfig(model="gru", unroll=3)).unroll == 3
+    automatic = create_model(TrainConfig(model="gru"))
+    assert automatic.unroll == unroll(TrainConfig())
+    assert automatic.unroll == (1 if jax.devices()[0].platform == "cpu" else ACCELERATOR_UNROLL)
 
 
 def test_bad_unroll_is_refused():

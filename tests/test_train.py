@@ -11,11 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from pipelines import config as config_lib
-from pipelines import runs, steps, train
-from pipelines.checkpoints import Checkpointer
-from pipelines.evaluator import Evaluator
-from pipelines.sharding import Sharding
+from pipelines.engine import config as config_lib
+from pipelines import train
+from pipelines.engine import session as session_lib
+from pipelines.engine import workdir as runs
+from pipelines.engine.model import create_model, create_tx
+from pipelines.engine.state import init_state
+from pipelines.engine.checkpoints import Checkpointer
+from pipelines.engine.evaluator import Evaluator
+from pipelines.engine.sharding import Sharding
 from qrsu_data import interop, store
 
 from conftest import read_events
@@ -87,7 +91,7 @@ def test_evaluation_counts_every_test_example_once_and_matches_a_plain_forward(d
     # 10,000 test examples in batches of 3,000: the last batch is filled with masked rows.
     cfg = small(data_dir, tmp_path / "run", eval_batch_size=3000, epochs=1)
     sharding = Sharding.create()
-    split, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sharding)
+    split, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sharding)
     predictions = Evaluator(split, sharding, 3000).predict(state.params, "easy", "test", data_dir=data_dir)
     test = interop.numpy_split("easy", "test", data_dir=data_dir)
     assert len(predictions.labels) == 10_000 and np.array_equal(predictions.labels, test["label"])
@@ -100,7 +104,7 @@ def _final(workdir):
     """(parameters, meta, next batch) of a run's newest checkpoint."""
     cfg = config_lib.load(Path(workdir) / "config.json")
     sharding = Sharding.create()
-    _, state = steps.init_state(steps.create_model(cfg), steps.create_tx(cfg), cfg, sharding)
+    _, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sharding)
     import qrsu_data.loaders as loaders
     it = loaders.train_loader(cfg.difficulty, batch_size=cfg.batch_size, seed=cfg.seed, data_dir=cfg.data_dir,
                               padding=cfg.padding)
@@ -129,9 +133,9 @@ class _Hooked:
 
 def _hook_steps(monkeypatch, hook):
     """Makes the runs' train steps call ``hook`` (see _Hooked); returns the undo."""
-    real = steps.make_train_step
-    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: _Hooked(real(*a, **k), hook))
-    return lambda: monkeypatch.setattr(train, "make_train_step", real)
+    real = session_lib.make_train_step
+    monkeypatch.setattr(session_lib, "make_train_step", lambda *a, **k: _Hooked(real(*a, **k), hook))
+    return lambda: monkeypatch.setattr(session_lib, "make_train_step", real)
 
 
 def _ctrl_c_at(call):

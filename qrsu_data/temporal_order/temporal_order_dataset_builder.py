@@ -165,9 +165,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config):
         """Writes the splits into TFDS's temporary folder, marked as in use so no other build removes it."""
-        from qrsu_data import store
+        from qrsu_data import incomplete
 
-        with store.building_in(self.data_dir):  # TFDS points data_dir at its incomplete.* folder here
+        with incomplete.building_in(self.data_dir):  # TFDS points data_dir at its incomplete.* folder here
             self._write_splits(dl_manager, download_config)
             # Inside the temporary folder, so that the metadata appears with the records, atomically.
             self._write_croissant()

@@ -3,7 +3,7 @@
 XLA:CPU runs a recurrence's time loop op by op on one core, and one program's independent loops do not run
 concurrently; separate executions on separate threads do. So each thread takes the gradient of an equal slice
 of the batch with the same compiled function, and one more jitted function averages the gradients and applies
-the update of :func:`pipelines.steps.train_step` (the mean of equal parts' mean gradients is the whole batch's
+the update of :func:`pipelines.engine.state.train_step` (the mean of equal parts' mean gradients is the whole batch's
 mean gradient). Measured on 2 cores (``benchmarks/train_throughput.py --compare-threads``): 1.07-1.36x at
 `hard` batch 32 and 1.8-1.9x at batch 256; a mesh of 2 forced host CPU devices ran the same step at 0.75-0.87x
 the threads' speed at batch 32.
@@ -19,28 +19,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pipelines.config import TrainConfig
-from pipelines.sharding import Sharding
-from pipelines.steps import Batch, SplitModel, TrainState, apply_gradients, loss_fn
-from qrsu_data import catalog
+from pipelines.engine.sharding import Sharding
+from pipelines.engine.state import Batch, SplitModel, TrainState, apply_gradients, loss_fn
 
 MIN_PART_WORK = 800
 """Automatic gradient threads give each thread at least this many (time step x sequence) cells of work."""
 
 
-def grad_threads(config: TrainConfig, sharding: Sharding) -> int:
-    """How many threads share each train step's gradient: ``config.grad_threads``, or 0 resolved for this run."""
+def grad_threads(asked: int, batch_size: int, length: int, sharding: Sharding) -> int:
+    """How many threads share each train step's gradient: ``asked``, or for 0 the count that pays for batches of
+    ``batch_size`` sequences of padded ``length`` on this machine."""
     if sharding.num_devices > 1 or jax.devices()[0].platform != "cpu":
         return 1  # accelerators and meshes parallelise inside the step already
-    if config.grad_threads:
-        return config.grad_threads
+    if asked:
+        return asked
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     # A thread pays only when its part of the batch is big enough to outweigh the extra dispatches: measured
     # on 2 cores, 2 threads ran `easy` at batch 32 (9 steps x 16 rows a part) at 0.4x, `normal` at batch 32
     # (41 x 16) at 0.8x, `moderate` at batch 32 (81 x 16) at 1.2x and `normal` at batch 256 at 1.8x.
-    length = catalog.max_length(config.difficulty) + 1
     return max(t for t in range(1, min(cores, 4) + 1)
-               if config.batch_size % t == 0 and (t == 1 or length * config.batch_size // t >= MIN_PART_WORK))
+               if batch_size % t == 0 and (t == 1 or length * batch_size // t >= MIN_PART_WORK))
 
 
 def _part_gradient(model: SplitModel, part: int, params: dict, batch: Batch, index: jax.Array):
@@ -58,7 +56,7 @@ def _apply_parts(tx: optax.GradientTransformation, state: TrainState, parts: lis
 
 
 class ThreadedTrainStep:
-    """``(state, batch) -> (state, loss)`` like :class:`pipelines.steps.TrainStep`, the gradient split over threads."""
+    """``(state, batch) -> (state, loss)`` like :class:`pipelines.engine.step.TrainStep`, the gradient split over threads."""
 
     def __init__(self, model: SplitModel, tx: optax.GradientTransformation, threads: int, batch_size: int):
         if threads < 2 or batch_size % threads:

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pipelines.sharding import Sharding
-from pipelines.steps import Batch, SplitModel
+from pipelines.engine.sharding import Sharding
+from pipelines.engine.state import Batch, SplitModel
 from qrsu_data import loaders
 
 

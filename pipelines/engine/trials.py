@@ -31,6 +31,10 @@ from qrsu_models import SequenceClassifier, apply_fn, layout, lstm1997
 
 PAPER_TEST = 2560
 """The 1997 paper's test set: its figure is wrong answers among this many fresh sequences."""
+PAPER_TABLE_9 = {"6a": {"config": "hard", "mean_sequences": 31_390, "trials": 20, "wrong_of_2560": 1},
+                 "6b": {"config": "exp6b", "mean_sequences": 571_100, "trials": 10, "wrong_of_2560": 2}}
+"""Table 9 of the 1997 paper: per experiment, its level, the mean training sequences until the stop rule held,
+the trials, the test errors."""
 LOSSES: tuple[str, ...] = ("squared_error", "cross_entropy")
 """'squared_error': the paper's 0.5 sum (sigmoid(logit) - 0/1 target)^2; 'cross_entropy': softmax CE."""
 CORRECT_BY: tuple[str, ...] = ("threshold", "argmax")
@@ -213,14 +217,6 @@ def load_split(config: str, split: str, data_dir: str | os.PathLike | None) -> S
     """A built config's split as a :class:`Split` (tokens kept as uint8: 2M exp6b sequences are 220 MB)."""
     d = interop.numpy_split(config, split, data_dir=data_dir, padding="pre")
     return Split(d["tokens"].astype(np.uint8), d["lengths"].astype(np.int32), d["label"].astype(np.int32))
-
-
-def ensure_built(config: str, data_dir: str | os.PathLike | None) -> None:
-    """Builds ``config`` into ``data_dir`` if it is not built yet, saying so."""
-    if not store.is_built(config, data_dir):
-        print(f"Dataset {config!r} is not built yet; building it into {store.resolve_data_dir(data_dir)} ...",
-              flush=True)
-        store.build(config, data_dir)
 
 
 def num_classes_of(config: str) -> int:

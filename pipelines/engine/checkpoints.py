@@ -16,8 +16,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from pipelines.cli import CommandError
-from pipelines.steps import TrainState
+from pipelines.engine.errors import CommandError
+from pipelines.engine.state import TrainState
 
 STATE_ITEMS = ("params", "opt_state", "metrics")
 _ITEM_NAMES = {"params": "params", "opt_state": "opt_state", "metrics": "train_metrics"}  # Orbax reserves "metrics"

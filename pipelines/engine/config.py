@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from qrsu_data import catalog, store, task
+from qrsu_data import store, task
+from qrsu_data.splits import SplitSpec
 from qrsu_models import LSTM_INITS, registry
 
 PADDINGS = ("pre", "post")
@@ -81,8 +83,8 @@ class TrainConfig:
             raise ValueError(f"model {self.model!r} has no --hidden; set its size with --model-options (its options: "
                              f"{', '.join(spec.options()) or 'none'})")
         try:
-            store.check_config(self.difficulty)
-        except ValueError:
+            self.dataset  # noqa: B018 - resolved (and kept) here, or refused
+        except (ValueError, TypeError):
             raise ValueError(f"unknown difficulty {self.difficulty!r}; choose one of: {', '.join(task.LEVELS)}, "
                              f"or a dataset config such as 'hard-train1000000'") from None
         for name, valid in {"padding": PADDINGS, "optimizer": OPTIMIZERS, "lstm_init": LSTM_INITS}.items():
@@ -125,10 +127,15 @@ class TrainConfig:
             raise ValueError("--resume and --overwrite exclude each other")
         return self
 
+    @functools.cached_property
+    def dataset(self) -> SplitSpec:
+        """The configured dataset config, resolved once (its level, splits and sizes); ValueError if unknown."""
+        return SplitSpec.parse(self.difficulty)
+
     @property
     def num_classes(self) -> int:
         """Number of classes of the configured dataset."""
-        return catalog.level_of(self.difficulty).num_classes
+        return self.dataset.level_def.num_classes
 
     def options(self) -> dict[str, Any]:
         """The model's constructor options this config sets: --hidden, --lstm-init, --model-options."""

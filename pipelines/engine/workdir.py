@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import fcntl
 import json
 import os
 import shutil
-import socket
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
 from flax import nnx
 
-from pipelines import steps as steps_lib
-from pipelines.cli import CommandError
-from pipelines.checkpoints import CheckpointError, Checkpointer, abstract, steps_in
-from pipelines.config import TrainConfig, load
+from pipelines.engine.checkpoints import CheckpointError, Checkpointer, abstract, steps_in
+from pipelines.engine.config import TrainConfig, load
+from pipelines.engine.errors import CommandError
+from pipelines.engine.locks import FolderLock
+from pipelines.engine.model import create_model
 
 RUN_FILES = ("config.json", "history.json", "curves.png", "checkpoints", "events", "evaluation*.json",
              "confusion_matrix*.png", "accuracy_by_lag*.png")
 """What a run and its evaluations write into a workdir (glob patterns); --overwrite removes exactly these."""
-LOCK_FILE = ".lock"
 
 
 class RunError(CommandError):
@@ -61,52 +56,12 @@ def remove_run(workdir: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-class WorkdirLock:
+class WorkdirLock(FolderLock):
     """One writer per workdir: an exclusive lock held while training, naming its holder to anyone else."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self._file = None
-        self._made: list[Path] = []  # folders this lock created, removed again if they stay empty
-
-    def __enter__(self) -> WorkdirLock:
-        missing = [p for p in (self.workdir, *self.workdir.parents) if not p.exists()]
-        try:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._made = missing
-            f = open(self.workdir / LOCK_FILE, "a+")
-        except OSError as e:
-            raise RunError(f"cannot use the workdir {self.workdir}: {e.strerror or e}; give a writable "
-                           f"folder") from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise RunError(f"{self.workdir} is in use by another training ({holder}); wait for it to end, or "
-                           f"choose another --workdir") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv)}")
-        f.flush()
-        self._file = f
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is None:
-            return
-        self._file.truncate(0)
-        if self._made and [p.name for p in self.workdir.iterdir()] == [LOCK_FILE]:
-            # A run that stopped before writing anything leaves no trace (nobody else can hold this new lock).
-            (self.workdir / LOCK_FILE).unlink()
-            for p in self._made:
-                with contextlib.suppress(OSError):
-                    p.rmdir()  # only if empty
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-        self._file = None
+        super().__init__(workdir, error=RunError, what="the workdir", user="another training",
+                         hint="choose another --workdir")
 
 
 def _step(text: str) -> int:
@@ -171,7 +126,7 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> Run:
         raise RunError(f"{workdir} has no checkpoint at step {step}; available steps: {', '.join(map(str, steps))}")
     step = steps[-1] if step is None else step
     try:
-        model = steps_lib.create_model(config)
+        model = create_model(config)
     except (ValueError, TypeError) as e:
         raise RunError(f"the model saved in {workdir / 'config.json'} cannot be built: {e}") from None
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -1,17 +1,14 @@
-"""The train step: one jitted function from (state, batch) to (new state, loss), over plain pytrees.
+"""What a train step reads and writes, and the step itself as a pure function over plain pytrees.
 
 The shape is the one of Flax's NNX examples and nanodo: the model is split once into a static graph and its
-parameters (a plain dict of arrays); the step computes the loss, its gradient, the optimizer update and the
-running metrics, and is compiled with ``jax.jit(step, in_shardings, out_shardings, donate_argnums)``, the
-batch sharded over the mesh's ``data`` axis and the state replicated. On one CPU device a measured faster
-strategy, :class:`pipelines.threaded_step.ThreadedTrainStep`, computes the same update with each batch's
-gradient split over threads; :func:`make_train_step` picks it.
+parameters (a plain dict of arrays); :func:`train_step` computes the loss, its gradient, the optimizer update
+and the running metrics. How it is compiled and run (one jitted program, or the CPU gradient threads) is
+:mod:`pipelines.engine.step`'s choice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,10 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pipelines.config import ACCELERATOR_UNROLL, TrainConfig
-from pipelines.sharding import Sharding, local_value
-from qrsu_data import catalog
-from qrsu_models import registry
+from pipelines.engine.sharding import Sharding, local_value
 
 Batch = dict[str, jax.Array]
 
@@ -104,82 +98,10 @@ def train_step(model: SplitModel, tx: optax.GradientTransformation, state: Train
     return apply_gradients(tx, state, grads, losses, logits, batch["label"]), loss
 
 
-def jit_train_step(model: SplitModel, tx: optax.GradientTransformation, sharding: Sharding):
-    """``train_step`` compiled for the mesh: batch split along ``data``, state replicated and donated."""
-    return jax.jit(functools.partial(train_step, model, tx), in_shardings=(sharding.replicated, sharding.batch),
-                   out_shardings=(sharding.replicated, sharding.replicated), donate_argnums=0)
-
-
-class TrainStep:
-    """The jitted step as a callable ``(state, batch) -> (state, loss)``, closed like the threaded strategy."""
-
-    threads = 1
-
-    def __init__(self, model: SplitModel, tx: optax.GradientTransformation, sharding: Sharding):
-        self._step = jit_train_step(model, tx, sharding)
-        self._sync = sharding.blocks_each_step
-
-    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
-        state, loss = self._step(state, batch)
-        if self._sync:
-            jax.block_until_ready(loss)
-        return state, loss
-
-    def close(self) -> None:
-        """Nothing to release (the threaded strategy shuts its threads down here)."""
-
-    def __enter__(self) -> TrainStep:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def make_train_step(config: TrainConfig, model: SplitModel, tx: optax.GradientTransformation,
-                    sharding: Sharding) -> TrainStep:
-    """The step strategy for this run: gradient threads on one CPU device where they pay, else the jitted step."""
-    from pipelines import threaded_step
-
-    threads = threaded_step.grad_threads(config, sharding)
-    if threads > 1:
-        return threaded_step.ThreadedTrainStep(model, tx, threads, config.batch_size)
-    return TrainStep(model, tx, sharding)
-
-
-def unroll(config: TrainConfig) -> int:
-    """Time steps per loop iteration of the model's recurrence: ``config.unroll``, or 0 resolved for this device."""
-    if config.unroll:
-        return config.unroll
-    # XLA:CPU runs a loop body op by op either way, and unrolling measured slower there; on a GPU every
-    # iteration pays kernel launches and loop bookkeeping, so fewer, longer iterations pay.
-    return 1 if jax.devices()[0].platform == "cpu" else ACCELERATOR_UNROLL
-
-
-def model_options(config: TrainConfig) -> dict[str, Any]:
-    """The constructor options of the configured model, the loop unroll resolved for this device."""
-    options = config.options()
-    if "unroll" in registry.get(config.model).options():
-        options.setdefault("unroll", unroll(config))
-    return options
-
-
-def create_model(config: TrainConfig) -> nnx.Module:
-    """The configured model, initialised from ``config.seed``."""
-    return registry.get(config.model).build(num_classes=config.num_classes,
-                                            max_length=catalog.max_length(config.difficulty),
-                                            seed=config.seed, options=model_options(config))
-
-
-def create_tx(config: TrainConfig) -> optax.GradientTransformation:
-    """The configured optimizer, with global-norm gradient clipping when ``clip_norm`` > 0."""
-    tx = optax.adam(config.lr)
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx) if config.clip_norm > 0 else tx
-
-
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, config: TrainConfig,
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, padding: str,
                sharding: Sharding) -> tuple[SplitModel, TrainState]:
     """(static model, fresh state) of ``model`` and ``tx``, replicated over the mesh."""
-    split, params = SplitModel.of(model, config.padding)
+    split, params = SplitModel.of(model, padding)
     state = TrainState(params, tx.init(params), Metrics.zeros())
     return split, sharding.replicate(state)
 

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from pipelines import reporting
-from pipelines.solving import SOLVED_ERROR, RunResult
+from pipelines.engine import reporting
+from pipelines.engine.trials import PAPER_TABLE_9
+from pipelines.engine.solving import SOLVED_ERROR, RunResult
 from qrsu_data import task
 
-PAPER_1997 = {"hard": 31_390, "exp6b": 571_100}
+PAPER_1997 = {row["config"]: row["mean_sequences"] for row in PAPER_TABLE_9.values()}
 """Mean training sequences the 1997 LSTM needed (Table 9): Exp. 6a (= hard) and Exp. 6b."""
 
 

@@ -1,0 +1,42 @@
+"""The model and the optimizer a training configuration asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+from pipelines.engine.config import ACCELERATOR_UNROLL, TrainConfig
+from qrsu_models import registry
+
+
+def unroll(config: TrainConfig) -> int:
+    """Time steps per loop iteration of the model's recurrence: ``config.unroll``, or 0 resolved for this device."""
+    if config.unroll:
+        return config.unroll
+    # XLA:CPU runs a loop body op by op either way, and unrolling measured slower there; on a GPU every
+    # iteration pays kernel launches and loop bookkeeping, so fewer, longer iterations pay.
+    return 1 if jax.devices()[0].platform == "cpu" else ACCELERATOR_UNROLL
+
+
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The constructor options of the configured model, the loop unroll resolved for this device."""
+    options = config.options()
+    if "unroll" in registry.get(config.model).options():
+        options.setdefault("unroll", unroll(config))
+    return options
+
+
+def create_model(config: TrainConfig) -> nnx.Module:
+    """The configured model, initialised from ``config.seed``."""
+    level = config.dataset.level_def
+    return registry.get(config.model).build(num_classes=level.num_classes, max_length=level.max_length,
+                                            seed=config.seed, options=model_options(config))
+
+
+def create_tx(config: TrainConfig) -> optax.GradientTransformation:
+    """The configured optimizer, with global-norm gradient clipping when ``clip_norm`` > 0."""
+    tx = optax.adam(config.lr)
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), tx) if config.clip_norm > 0 else tx

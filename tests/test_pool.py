@@ -1,0 +1,128 @@
+"""The grid on Ray: the same records with 1 and 2 workers, a worker killed mid-run, one writer per study folder,
+Ctrl-C. The in-process tests share one local Ray; the command-line tests start their own, as a user's would."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines import experiment
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1", "--budget", "1600",
+        "--check-every", "320", "--lengthgen-lengths"]
+SLOW = ["--cells", "lstm", "--levels", "easy", "--lrs", "1e-5", "--seeds", "0", "1", "--budget", "24000",
+        "--check-every", "320", "--lengthgen-lengths"]
+"""Runs that do not solve (lr 1e-5) and so last their whole budget: ~10 s each, time to act on them."""
+
+
+@pytest.fixture(scope="module")
+def data_dir(easy_data_dir):
+    return easy_data_dir
+
+
+def records(out: Path) -> dict[str, dict]:
+    """Every run's record, without what differs between identical runs (wall time, attempts)."""
+    found = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        record["result"].pop("wall_time_s")
+        record.pop("attempts")
+        found[path.stem] = record
+    return found
+
+
+def attempts(out: Path) -> dict[str, int]:
+    return {p.stem: json.loads(p.read_text())["attempts"] for p in (out / "runs").glob("*.json")}
+
+
+def test_two_workers_give_the_same_records_and_table_as_one(data_dir, tmp_path, ray_cluster):
+    for workers in ("1", "2"):
+        args = [*TINY, "--data-dir", data_dir, "--out", os.fspath(tmp_path / workers), "--workers", workers]
+        assert experiment.main(args) == 0
+    one, two = records(tmp_path / "1"), records(tmp_path / "2")
+    assert len(one) == 3 and one == two  # 2 rates on seed 0, then seed 1 at the chosen one
+    assert (tmp_path / "1" / "results.md").read_text() == (tmp_path / "2" / "results.md").read_text()
+    assert set(attempts(tmp_path / "2").values()) == {1}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.experiment", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _running_tasks(driver: subprocess.Popen) -> list[psutil.Process]:
+    """The Ray workers of ``driver``'s own local Ray that are running a task now."""
+    try:
+        procs = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in procs:
+        try:
+            if "ray::_task" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _wait(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(data_dir, tmp_path):
+    out = tmp_path / "grid"
+    driver = _start([*SLOW, "--data-dir", data_dir, "--out", os.fspath(out), "--workers", "2"])
+    try:
+        assert _wait(lambda: _running_tasks(driver), 120), driver.communicate(timeout=60)
+        # One writer per study folder: a second invocation is refused, naming the one that runs.
+        second = subprocess.run([sys.executable, "-m", "pipelines.experiment", *SLOW, "--data-dir", data_dir,
+                                 "--out", os.fspath(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert f"{out} is in use by another experiment (pid {driver.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        time.sleep(2)  # well inside the run
+        victim = _running_tasks(driver)[0]
+        victim.send_signal(signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, stderr[-3000:]
+    counts = attempts(out)
+    assert sorted(counts.values()) == [1, 2], counts  # one run redone once, none twice, none lost
+    assert "(attempt 2)" in stdout
+    # The redone run is the run it would have been.
+    clean = tmp_path / "clean"
+    assert experiment.main([*SLOW, "--data-dir", data_dir, "--out", os.fspath(clean), "--workers", "2"]) == 0
+    assert records(out) == records(clean)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_every_finished_run(data_dir, tmp_path):
+    out = tmp_path / "grid"
+    slow = [*SLOW[:SLOW.index("--seeds")], "--seeds", "0", "1", "2", *SLOW[SLOW.index("--budget"):]]
+    driver = _start([*slow, "--data-dir", data_dir, "--out", os.fspath(out), "--workers", "1"])
+    try:
+        assert _wait(lambda: len(list((out / "runs").glob("*.json"))) >= 1, 240), driver.communicate(timeout=60)
+        workers = _running_tasks(driver)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert _wait(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers), 30)
+    done = records(out)
+    assert 1 <= len(done) < 3 and all(r["result"]["sequences_trained"] == 24000 for r in done.values())
+    assert not (out / ".lock").read_text()  # the study folder is free again
