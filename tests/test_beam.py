@@ -13,6 +13,8 @@ import tensorflow_datasets as tfds
 from qrsu_data import splits, store
 from qrsu_data.temporal_order import Builder, TemporalOrderConfig
 
+pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
+
 beam = pytest.importorskip("apache_beam")
 
 REPO = Path(__file__).resolve().parents[1]

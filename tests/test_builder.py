@@ -101,6 +101,7 @@ def test_every_record_follows_the_task_rules(tmp_path, level):
         assert builder.info.features["label"].names[:3] == ["XXXX", "XXXY", "XXYX"]
 
 
+@pytest.mark.slow
 def test_direct_writer_equals_tfds_generic_writer(tmp_path):
     config = TemporalOrderConfig(level="nightmare", train_size=2000, test_size=500)
     for name, generic in (("direct", False), ("generic", True)):
@@ -132,6 +133,7 @@ def _run(args, **kwargs):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+@pytest.mark.slow
 def test_build_command_and_tfds_cli_give_the_same_dataset(tmp_path):
     """A level of your own with four relevant symbols, as --level JSON here and as tfds build --config JSON."""
     ours = _run([sys.executable, "-m", "pipelines.build_dataset", "--level", json.dumps(FOUR), "--data-dir",
@@ -181,6 +183,7 @@ def test_missing_dataset_error_names_the_build_command(tmp_path):
         store.open_builder("hard", tmp_path)
 
 
+@pytest.mark.slow
 def test_failed_build_leaves_nothing_readable_and_the_next_build_succeeds(tmp_path, monkeypatch):
     real = splits.chunk_examples
     spec_kwargs = {"train_size": 25_000, "validation_size": 100, "test_size": 100}
@@ -203,6 +206,7 @@ def test_failed_build_leaves_nothing_readable_and_the_next_build_succeeds(tmp_pa
     assert len(_examples(path, "train")) == 25_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_build_recovers(tmp_path, sig):
     """Ctrl-C (TFDS cleans up) or a kill (nothing runs): never a readable half dataset; the next build works."""

@@ -19,6 +19,8 @@ from pipelines.engine.config import TrainConfig
 from pipelines.engine.sharding import Sharding
 from qrsu_data import loaders
 
+pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 

@@ -12,6 +12,8 @@ import pytest
 
 from qrsu_data import store
 
+pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```\n(?:\n```output\n(.*?)^```\n)?", re.M | re.S)

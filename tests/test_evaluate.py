@@ -49,6 +49,7 @@ def history(run_dir):
     return json.loads((run_dir / "history.json").read_text())
 
 
+@pytest.mark.slow
 def test_accuracy_equals_the_runs_final_test_accuracy(run_dir, evaluated):
     code, out, result = evaluated
     assert code == 0
@@ -159,6 +160,7 @@ def test_a_long_sequence_is_named_not_echoed(run_dir, capsys):
     assert len(err) < 500
 
 
+@pytest.mark.slow
 def test_evaluate_on_an_empty_dir_says_how_to_train(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--workdir", os.fspath(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -199,6 +201,7 @@ def test_a_corrupt_checkpoint_or_config_is_named(run_dir, tmp_path, capsys):
     assert f"{copy / 'config.json'} is not a run's config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_level_of_your_own_trains_and_is_evaluated_on_a_longer_config(tmp_path):
     """Issue 17's end-to-end case: 4 relevant symbols (16 classes), trained briefly, evaluated at length 200."""
     level = "len30to40_pos2to4_pos8to10_pos14to16_pos20to22"

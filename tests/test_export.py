@@ -142,6 +142,7 @@ def _run(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_export_command(data_dir, tmp_path):
     res = _run("--config", CONFIG, "--format", "parquet", "--out", os.fspath(tmp_path / "out"), "--data-dir",
                os.fspath(data_dir))

@@ -53,6 +53,7 @@ def _args(data, out, *extra):
             "--budget", "300", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_factor_study_end_to_end_resumes_and_refuses_other_settings(data, tmp_path, capsys, ray_cluster):
     assert factors.main(_args(data, tmp_path, "--rows", "1997")) == 0
     result = json.loads((tmp_path / "results.json").read_text())

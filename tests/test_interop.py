@@ -102,6 +102,7 @@ def test_module_imports_without_torch_tensorflow_jax_or_grain():
     assert out.stdout.strip() == "no torch"
 
 
+@pytest.mark.slow
 def test_torch_dataloader_with_workers_covers_the_split(data_dir):
     torch = pytest.importorskip("torch")
     dataset = interop.TorchDataset(CONFIG, "test", data_dir)

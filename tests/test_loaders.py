@@ -185,6 +185,7 @@ def test_batches_do_not_depend_on_reading_threads(data_dir):
                          _take(loaders.train_loader(HARD, num_threads=3, prefetch=5, **kw), 70))
 
 
+@pytest.mark.slow
 def test_worker_processes_yield_the_same_batches(data_dir):
     kw = dict(batch_size=100, seed=3, data_dir=data_dir, **ONE_SHARD)
     it = loaders.train_loader(HARD, worker_count=2, **kw)

@@ -175,6 +175,7 @@ def _cut_by_construction(params, ids, mask, label):
     return jax.jit(jax.grad(loss))(params, np.stack(ys))
 
 
+@pytest.mark.slow
 def test_truncated_gradient_sends_no_error_through_the_previous_activations():
     params = _params(4, 2, 4, scale=2.0)
     tokens, lengths, labels = _batch("easy", 2, 5)
@@ -191,6 +192,7 @@ def test_truncated_gradient_sends_no_error_through_the_previous_activations():
 
 @pytest.mark.parametrize("blocks, num_classes, level, loss", [(2, 4, "hard", _squared),
                                                               (3, 8, "exp6b", _cross_entropy)])
+@pytest.mark.slow
 def test_forward_partials_equal_the_autodiff_truncated_gradient(blocks, num_classes, level, loss):
     params = _params(8, blocks, num_classes, scale=2.0)
     tokens, lengths, labels = _batch(level, 4, 9)
@@ -207,6 +209,7 @@ def test_forward_partials_equal_the_autodiff_truncated_gradient(blocks, num_clas
 
 # --------------------------------------------------------------------------------------- padding
 
+@pytest.mark.slow
 def test_padding_leaves_logits_and_gradients_unchanged():
     params = _params(2, 2, 4, scale=2.0)
     tokens, lengths, labels = _batch("normal", 4, 3)  # post-padded with 255 to the batch's longest

@@ -63,6 +63,7 @@ def test_same_seed_same_model_and_functional_apply():
 # ----------------------------------------------------------------------------------------------- train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_cell_trains_on_easy(cell):
     data = task.generate("easy", 256, np.random.default_rng(0))
@@ -206,6 +207,7 @@ def test_fast_path_matches_flax_reference(cell):
             np.testing.assert_allclose(mine[name], want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{padding} {name}")
 
 
+@pytest.mark.slow
 def test_custom_vjp_matches_autodiff_of_the_same_scan():
     from qrsu_models import layout, recurrence
 

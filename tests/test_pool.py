@@ -14,6 +14,8 @@ import pytest
 
 from pipelines import experiment
 
+pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1", "--budget", "1600",
         "--check-every", "320", "--lengthgen-lengths"]

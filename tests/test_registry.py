@@ -36,6 +36,7 @@ def _repo_on_path(monkeypatch):
     monkeypatch.syspath_prepend(os.fspath(REPO))  # examples/ is importable as from the repository root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*registry.names(), CUSTOM])
 def test_a_sequences_logits_do_not_depend_on_its_batchs_padding(name):
     model = registry.get(name).build(num_classes=4, max_length=12, seed=0)
@@ -84,6 +85,7 @@ def _quiet(fn, *args):
     return code, out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_model_of_your_own_trains_checkpoints_resumes_evaluates_and_predicts(tmp_path):
     data = tmp_path / "data"
     store.build("easy", data)

@@ -1,11 +1,14 @@
 """Data parallelism on forced CPU devices (in subprocesses: the device count is fixed at JAX start-up)."""
 
+import pytest
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -60,6 +60,7 @@ def test_one_step_from_a_fixed_seed_gives_the_recorded_values():
     assert metrics["loss"] == pytest.approx(losses[0], rel=1e-6)
 
 
+@pytest.mark.slow
 @cpu_only
 @pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
 def test_threaded_gradient_trains_like_one_thread(model):
@@ -107,6 +108,7 @@ def test_bad_grad_threads_are_refused(threads, message):
         TrainConfig(batch_size=32, grad_threads=threads).validate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
 def test_unrolled_loop_trains_like_one_step_per_iteration(model):
     batches = _batches("moderate", 16, 3)

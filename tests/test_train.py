@@ -65,6 +65,7 @@ def test_help_explains_every_flag_and_the_epoch(capsys):
     assert "rnn, lstm, gru" in out  # the registered models
 
 
+@pytest.mark.slow
 def test_small_run_writes_history_plot_config_and_checkpoints(data_dir, tmp_path):
     summary = train.run(small(data_dir, tmp_path / "run", lr=3e-3))
     run = tmp_path / "run"
@@ -147,6 +148,7 @@ def _ctrl_c_at(call):
     return hook
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at_step", [7, 12])  # mid-epoch; and the epoch's last step, before its history row
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path, monkeypatch, at_step):
     train.run(small(data_dir, tmp_path / "straight"))
@@ -165,6 +167,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_p
     assert second["final_test_acc"] == history(tmp_path / "straight")["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_history_keeps_every_epoch_when_checkpoints_fall_on_epoch_ends(data_dir, tmp_path):
     # The issue's reproduction: steps per epoch a multiple of --checkpoint-every, then a resume that extends.
     w = tmp_path / "run"
@@ -184,6 +187,7 @@ def _cli(args, cwd=REPO, timeout=600):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_saved_run_with_its_settings(data_dir, tmp_path):
     w = tmp_path / "run"
     common = ["--data-dir", data_dir, "--workdir", os.fspath(w)]
@@ -206,6 +210,7 @@ def test_resume_continues_the_saved_run_with_its_settings(data_dir, tmp_path):
     assert res.returncode == 1 and "has trained 2 of its epochs already; pass --epochs" in res.stderr
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_run_until_the_new_one_starts(data_dir, tmp_path):
     w = tmp_path / "run"
     train.run(small(data_dir, w, epochs=1))
@@ -222,6 +227,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(data_dir, tmp_path
     assert json.loads((w / "config.json").read_text())["seed"] == 3
 
 
+@pytest.mark.slow
 def test_one_writer_per_workdir(data_dir, tmp_path):
     w = tmp_path / "run"
     with runs.WorkdirLock(w):
@@ -231,6 +237,7 @@ def test_one_writer_per_workdir(data_dir, tmp_path):
     train.run(small(data_dir, w, epochs=1))  # free again once the holder is done
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable(data_dir, tmp_path, capsys):
     w = tmp_path / "run"
     train.run(small(data_dir, w))
@@ -245,6 +252,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable(data_dir,
     assert summary["step"] == 36 and history(w)["epoch"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_run_that_diverges_before_its_first_checkpoint_leaves_nothing_to_refuse(data_dir, tmp_path):
     w = tmp_path / "run"
     with pytest.raises(train.Diverged, match="no checkpoint had been saved, so nothing was written"):
@@ -253,6 +261,7 @@ def test_a_run_that_diverges_before_its_first_checkpoint_leaves_nothing_to_refus
     train.run(small(data_dir, w, epochs=1))  # a plain rerun starts
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     w = tmp_path / "run"
     train.run(small(data_dir, w, epochs=1))
@@ -265,6 +274,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     jax.tree.map(np.testing.assert_array_equal, before, _final(w)[0])
 
 
+@pytest.mark.slow
 def test_a_resume_may_not_change_the_learning_rate(data_dir, tmp_path):
     w = tmp_path / "run"
     train.run(small(data_dir, w, epochs=1))
@@ -272,6 +282,7 @@ def test_a_resume_may_not_change_the_learning_rate(data_dir, tmp_path):
         train.run(small(data_dir, w, epochs=2, lr=1e38, resume=True))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_model_is_refused_and_kept(data_dir, tmp_path):
     w = tmp_path / "run"
     train.run(small(data_dir, w, epochs=1))
@@ -285,6 +296,7 @@ def test_workdir_of_another_model_is_refused_and_kept(data_dir, tmp_path):
         train.run(small(data_dir, tmp_path / "empty", resume=True))
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_built_first(tmp_path):
     data = tmp_path / "data"
     summary = train.run(config_lib.TrainConfig(data_dir=os.fspath(data), workdir=os.fspath(tmp_path / "run"),
@@ -292,6 +304,7 @@ def test_missing_dataset_is_built_first(tmp_path):
     assert store.is_built("easy", data) and summary["step"] == 2
 
 
+@pytest.mark.slow
 def test_default_run_reaches_99_percent(tmp_path):
     """`python -m pipelines.train` with no flags on a fresh checkout: builds easy, trains, >= 99% test accuracy."""
     env = {**os.environ, "QRSU_DATA_DIR": os.fspath(tmp_path / "data"), "TF_CPP_MIN_LOG_LEVEL": "3"}
