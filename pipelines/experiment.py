@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.engine import leaderboard, reporting
+from pipelines.engine.config import INITIAL_STATES
 from pipelines.engine.errors import guarded
 from pipelines.engine.evaluator import Evaluator
 from pipelines.engine.pool import Finished, Job, Pool
@@ -145,7 +146,8 @@ class Grid:
                        check_every=self.args.check_every or CHECK_EVERY.get(level, 320),
                        batch_size=self.args.batch_size, lr=lr, clip_norm=self.args.clip_norm,
                        hidden=self.args.hidden or f.hidden, grad_threads=self.args.grad_threads,
-                       model_options=f.options_json())
+                       model_options=f.options_json(), bucket_width=self.args.bucket_width,
+                       initial_state=self.args.initial_state, noise_std=self.args.noise_std, omega=self.args.omega)
 
     def lrs(self, cell: str) -> tuple[float, ...]:
         """The learning rates tried for ``cell``: --lrs, else its family's grid."""
@@ -309,6 +311,12 @@ def parser() -> argparse.ArgumentParser:
                    help="CPU gradient threads per run (see pipelines.train --help); 1, pinned: each worker holds "
                         "one core, and the thread count sets the order of a float sum, so results repeat only "
                         "at the same count")
+    p.add_argument("--bucket-width", type=int, default=0, help="batches of similar lengths, from buckets of this "
+                   "many lengths (levels of varied lengths such as hard-var50to200; see pipelines.train --help)")
+    p.add_argument("--initial-state", default="zero", choices=INITIAL_STATES,
+                   help="what each training sequence's state starts from: zero, noise or passed (state passing)")
+    p.add_argument("--noise-std", type=float, default=1.0, help="standard deviation of a noisy initial state")
+    p.add_argument("--omega", type=float, default=0.0, help="weight of Pascanu et al.'s regulariser (pascanu_rnn)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs side by side on this machine, each on one core (default: one per core)")
     p.add_argument("--address", default=None,
@@ -358,6 +366,9 @@ def _validate(args: argparse.Namespace) -> None:
         store.resolve_data_dir(args.data_dir)
     if args.address is not None and not args.address.strip():
         raise ValueError("--address must name a Ray cluster such as HOST:6379 or ray://HOST:10001, got ''")
+    for cell in args.cells:  # every run's settings, checked as the run will check them, before anything starts
+        for level in args.levels:
+            Grid(args).spec(cell, level, 1e-3, args.seeds[0]).config(args.data_dir)
 
 
 def replot(out: Path) -> int:
@@ -379,7 +390,9 @@ def run_grid(args: argparse.Namespace) -> int:
         pairs = grid.pairs()
         # Refused before anything trains: a run of the same key saved with other settings.
         study.check_runs({s.key: dataclasses.asdict(s) for c, lv in pairs for lr in grid.lrs(c)
-                          for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]})
+                          for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]},
+                         defaults={f.name: f.default for f in dataclasses.fields(RunSpec)
+                                   if f.default is not dataclasses.MISSING})
         for level in dict.fromkeys(lv for _, lv in pairs):
             ensure_built(splits.SplitSpec.parse(level), args.data_dir)  # once, before the workers share it
         driver = Driver(study, keep_params=bool(args.lengthgen_lengths))

@@ -132,6 +132,7 @@ class _Training:
     def _restore(self, changes: dict) -> None:
         s, config = self.session, self.config
         s.step, s.state, meta, skipped = self.checkpointer.restore_newest(s.state, s.train_iter)
+        s.fresh_carry()  # not checkpointed
         self.elapsed, self.history = meta["elapsed_s"], meta["history"]
         done = len(self.history["epoch"])
         if done > config.epochs or (done == config.epochs and s.step >= config.epochs * self.steps_per_epoch):

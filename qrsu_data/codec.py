@@ -285,7 +285,7 @@ def example_problems(tokens: np.ndarray, length: np.ndarray, label: np.ndarray, 
     start_end = ids - np.count_nonzero(tokens < task.START, axis=1)
     at = tokens[rows[:, None], np.clip(positions, 0, width - 1)]
     bits = (at.astype(np.int64) - task.X) << np.arange(k - 1, -1, -1)
-    ranges = np.asarray(level.positions)
+    lo_pos, hi_pos = level.position_bounds(length)
     return {
         f"its length is outside {level.length}": ~in_range,
         "a cell within its length is not a token id": ids != length,
@@ -293,8 +293,9 @@ def example_problems(tokens: np.ndarray, length: np.ndarray, label: np.ndarray, 
         "it does not end with E": last != task.END,
         "B or E appears inside it": start_end != 2,
         f"it does not hold exactly {k} relevant symbols (X or Y)": relevant != k,
-        f"a relevant position lies outside the level's ranges {level.positions}":
-            ((positions < ranges[:, 0]) | (positions > ranges[:, 1])).any(axis=1),
+        f"a relevant position lies outside the level's ranges {level.positions}"
+        + (f" (at length {level.scale}, scaled with its length)" if level.scale is not None else ""):
+            ((positions < lo_pos) | (positions > hi_pos)).any(axis=1),
         "a recorded position does not hold X or Y": ((at != task.X) & (at != task.Y)).any(axis=1),
         f"its label is not a class id 0..{level.num_classes - 1}": (label < 0) | (label >= level.num_classes),
         "its label is not the order of its relevant symbols": bits.sum(axis=1) != label,

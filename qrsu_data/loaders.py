@@ -118,6 +118,61 @@ class _ShuffledIndexBatches(grain.MapDataset):
         self._lock = threading.Lock()
 
 
+class _BucketedIndexBatches(_ShuffledIndexBatches):
+    """Like :class:`_ShuffledIndexBatches`, each batch drawn from one bucket of lengths and padded to that
+    bucket's longest length: element i is (indices, mask, width).
+
+    Bucket k holds the lengths ``lo + k * width .. lo + (k + 1) * width - 1``. Each epoch, a permutation of the
+    shard is split into its buckets (keeping the permutation's order), each bucket cut into batches (its last
+    incomplete one dropped: the examples land elsewhere next epoch), and the batches shuffled; all from
+    ``(seed, shard_index, epoch)``. Bucket membership does not depend on the epoch, so an epoch always has the
+    same number of batches, as a checkpointable iterator needs."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, seed: int, shard_index: int, lengths: np.ndarray,
+                 bucket_width: int, max_length: int):
+        super().__init__(start, stop, batch_size, seed, shard_index)
+        lengths = np.asarray(lengths[start:stop])
+        self._lo = int(lengths.min())
+        self._bucket = ((lengths - self._lo) // bucket_width).astype(np.int32)  # by position in the shard
+        self._widths = [min(max_length, self._lo + (k + 1) * bucket_width - 1)
+                        for k in range(int(self._bucket.max()) + 1)]
+        self._count = int(sum(n // batch_size for n in np.bincount(self._bucket)))
+        self._bucket_width = bucket_width
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __str__(self) -> str:
+        return (f"_BucketedIndexBatches(size={self._size}, batch_size={self._batch_size}, seed={self._seed}, "
+                f"bucket_width={self._bucket_width})")
+
+    def _batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices [batches, batch_size], bucket of each batch) of ``epoch``, cached like the permutation."""
+        with self._lock:
+            cached = self._cache.get(epoch)
+            if cached is None:
+                rng = np.random.default_rng([self._seed, self._shard_index, epoch])
+                perm = rng.permutation(self._size)
+                b, rows, buckets = self._batch_size, [], []
+                for k in range(len(self._widths)):
+                    members = perm[self._bucket[perm] == k]
+                    full = len(members) // b * b
+                    rows.append(members[:full].reshape(-1, b))
+                    buckets += [k] * (full // b)
+                order = rng.permutation(self._count)
+                cached = (self._start + np.concatenate(rows)[order], np.asarray(buckets, np.int32)[order])
+                self._cache = {e: c for e, c in self._cache.items() if e >= epoch - 1}
+                self._cache[epoch] = cached
+            return cached
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, j = divmod(index, len(self))
+        rows, buckets = self._batches(epoch)
+        return rows[j], np.ones(self._batch_size, bool), self._widths[buckets[j]]
+
+
 class _SequentialIndexBatches(grain.MapDataset):
     """Element j: the j-th ``batch_size`` run of ``indices`` in order, filled up with masked-out rows."""
 
@@ -154,13 +209,17 @@ class _Gather:
     def __getstate__(self):
         return {**self.__dict__, "_arrays": None}  # a worker process decodes (and caches) the split itself
 
-    def __call__(self, element: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, element: tuple) -> dict[str, np.ndarray]:
         if self._arrays is None:
             self._arrays = catalog.load_split(*self._key)
-        idx, mask = element
+        idx, mask = element[:2]
         a = self._arrays
+        tokens = a.gather_tokens(idx, self._padding, self._pad_id)
+        if len(element) == 3:  # a bucket's batch: only as wide as its longest length
+            width = element[2]
+            tokens = tokens[:, -width:] if self._padding == "pre" else tokens[:, :width]
         batch = {
-            "tokens": a.gather_tokens(idx, self._padding, self._pad_id),
+            "tokens": np.ascontiguousarray(tokens),
             "lengths": a.lengths[idx],
             "label": a.labels[idx],
             "mask": mask,
@@ -200,8 +259,12 @@ def train_dataset(config: str, *, batch_size: int, seed: int, data_dir: str | os
                   split: str = "train", padding: str = "pre", pad_id: int = PAD_ID,
                   num_threads: int = DEFAULT_NUM_THREADS, prefetch: int = DEFAULT_PREFETCH, worker_count: int = 0,
                   shard_index: int | None = None, shard_count: int | None = None,
-                  build_if_missing: bool = False) -> grain.IterDataset:
-    """The infinite, shuffled, drop-remainder training pipeline as a Grain IterDataset (see train_loader)."""
+                  build_if_missing: bool = False, bucket_width: int = 0) -> grain.IterDataset:
+    """The infinite, shuffled, drop-remainder training pipeline as a Grain IterDataset (see train_loader).
+
+    ``bucket_width`` > 0 draws each batch from one bucket of that many lengths and pads it only to the
+    bucket's longest length (a level of varied lengths then pays for each batch's own lengths, not the
+    longest of the level); 0 pads every batch to the level's longest length."""
     arrays, data_dir = _common(config, split, data_dir, batch_size, padding, pad_id, build_if_missing)
     seed = _check_int("seed", seed, 0)
     index, count = _shard(shard_index, shard_count)
@@ -211,7 +274,15 @@ def train_dataset(config: str, *, batch_size: int, seed: int, data_dir: str | os
         where = f"shard {index} of {count} of" if count > 1 else "split"
         raise ValueError(f"batch_size {batch_size} is larger than the {per_shard} examples of {where} "
                          f"{split!r} of {config!r}: training drops incomplete batches, so it would yield nothing")
-    ds = _ShuffledIndexBatches(index * per_shard, (index + 1) * per_shard, batch_size, seed, index)
+    bucket_width = _check_int("bucket_width", bucket_width, 0)
+    if bucket_width:
+        ds = _BucketedIndexBatches(index * per_shard, (index + 1) * per_shard, batch_size, seed, index,
+                                   arrays.lengths, bucket_width, arrays.tokens.shape[1])
+        if not len(ds):
+            raise ValueError(f"no bucket of {bucket_width} lengths holds batch_size {batch_size} sequences of "
+                             f"split {split!r}: choose a wider --bucket-width or a smaller batch size")
+    else:
+        ds = _ShuffledIndexBatches(index * per_shard, (index + 1) * per_shard, batch_size, seed, index)
     ds = ds.repeat().map(_Gather(config, split, data_dir, padding, pad_id, arrays))
     return _to_iter(ds, num_threads, prefetch, worker_count)
 
@@ -220,12 +291,13 @@ def train_loader(config: str, *, batch_size: int, seed: int, data_dir: str | os.
                  split: str = "train", padding: str = "pre", pad_id: int = PAD_ID,
                  num_threads: int = DEFAULT_NUM_THREADS, prefetch: int = DEFAULT_PREFETCH, worker_count: int = 0,
                  shard_index: int | None = None, shard_count: int | None = None,
-                 build_if_missing: bool = False) -> grain.DatasetIterator:
-    """Endless training batches: a fresh shuffle every epoch, drop_remainder, checkpointable iterator."""
+                 build_if_missing: bool = False, bucket_width: int = 0) -> grain.DatasetIterator:
+    """Endless training batches: a fresh shuffle every epoch, drop_remainder, checkpointable iterator
+    (``bucket_width``: batches of similar lengths, see train_dataset)."""
     return iter(train_dataset(config, batch_size=batch_size, seed=seed, data_dir=data_dir, split=split,
                               padding=padding, pad_id=pad_id, num_threads=num_threads, prefetch=prefetch,
                               worker_count=worker_count, shard_index=shard_index, shard_count=shard_count,
-                              build_if_missing=build_if_missing))
+                              build_if_missing=build_if_missing, bucket_width=bucket_width))
 
 
 def num_eval_batches(num_examples: int, batch_size: int, shard_count: int = 1) -> int:

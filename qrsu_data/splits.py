@@ -52,7 +52,7 @@ DEFAULT_TEST_SIZE = 10_000
 DEFAULT_SUITE_LENGTHS: tuple[int, ...] = (200, 500, 1000, 2000, 5000)
 """Longest lengths of a level's length-generalisation suite (those longer than the level's own)."""
 
-CONFIG_JSON_KEYS = ("level", "length", "positions", "train_size", "validation_size", "test_size", "seed",
+CONFIG_JSON_KEYS = ("level", "length", "positions", "scale", "train_size", "validation_size", "test_size", "seed",
                     "holdout_fraction")
 
 
@@ -164,7 +164,7 @@ class SplitSpec:
             raise _config_error(name, "a config is named by a non-empty string")
         parts = name.split("-")
         # The level: its first part, and a lengthening (len<N>, tail<N>) if one follows.
-        n_level = 2 if len(parts) > 1 and re.fullmatch(r"(len|tail)\d+", parts[1]) else 1
+        n_level = 2 if len(parts) > 1 and re.fullmatch(r"(len|tail)\d+|var\d+to\d+", parts[1]) else 1
         level = "-".join(parts[:n_level])
         try:
             task.get_level(level)
@@ -213,7 +213,7 @@ class SplitSpec:
         if unknown:
             raise ValueError(f"unknown config JSON key(s) {unknown}; valid keys: {', '.join(CONFIG_JSON_KEYS)}")
         kwargs = dict(config)
-        by_ranges = {k: kwargs.pop(k) for k in task.LEVEL_JSON_KEYS if k in kwargs}
+        by_ranges = {k: kwargs.pop(k) for k in (*task.LEVEL_JSON_KEYS, *task.LEVEL_JSON_OPTIONAL) if k in kwargs}
         if by_ranges and "level" in kwargs:
             raise ValueError("config JSON gives both 'level' and ranges ('length', 'positions'); give one of them")
         if by_ranges:
@@ -310,7 +310,7 @@ class SplitSpec:
             # Each of the count = choices * classes * 4^m sequences of this length has p = 1 / (n_lengths * count);
             # 4^-m as a power of two underflows to 0 instead of overflowing for long sequences.
             total += math.ldexp(1.0, -2 * level.free_cells(length)) / (
-                n_lengths ** 2 * level.position_choices() * level.num_classes)
+                n_lengths ** 2 * level.position_choices(length) * level.num_classes)
         return total
 
 

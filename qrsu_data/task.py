@@ -52,7 +52,9 @@ LEVEL_FORMS = ("a standard level ({standard}); a level of your own named "
                "'pos<N>' for a single value; e.g. len1000to1100_pos10to20_pos500to600); or a lengthened level of "
                "the length-generalisation suite, <level>-len<N> (lengths and positions scaled to a longest "
                "sequence of N) or <level>-tail<N> (positions kept, the tail after the last relevant symbol "
-               "lengthened to a longest sequence of N), e.g. hard-len5000")
+               "lengthened to a longest sequence of N), e.g. hard-len5000; or a level of varied lengths for "
+               "training, <level>-var<LO>to<HI> (every length from LO to HI, the relevant positions at the "
+               "level's fractions of each), e.g. hard-var50to200")
 """The valid forms of a level name, for error messages (format with standard=...)."""
 
 
@@ -66,6 +68,10 @@ class Level:
     description: str = ""
     base: str | None = None
     """For a lengthened level of the length-generalisation suite (test-only), the level it lengthens."""
+    scale: int | None = None
+    """For a level of varied lengths: ``positions`` are those of a sequence of this length, and a sequence of
+    length L has each range scaled by L / scale (rounded half up, as the suite's ``len<N>`` scaling), so the
+    relevant symbols sit at the same fractions of every length. None: the same ranges at every length."""
 
     def __post_init__(self):
         # Tuples, so that a level built from lists (e.g. parsed JSON) is hashable and compares equal.
@@ -78,20 +84,50 @@ class Level:
         if not MIN_RELEVANT <= k <= MAX_RELEVANT:
             raise ValueError(f"level {self.name!r} has {k} relevant position range(s); a level needs "
                              f"{MIN_RELEVANT} to {MAX_RELEVANT} (4 to 256 classes)")
+        if self.scale is not None:
+            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, np.integer)) or self.scale < 3:
+                raise ValueError(f"level {self.name!r}: scale must be an integer length >= 3, got {self.scale!r}")
+            object.__setattr__(self, "scale", int(self.scale))
+            # Scaling is monotone: the shortest and the longest sequences are the tightest cases.
+            for length in sorted({lo, hi}):
+                self._check_ranges(self.ranges_at(length), length, f" at length {length}")
+            return
+        self._check_ranges(self.positions, lo)
+
+    def ranges_at(self, length: int) -> tuple[tuple[int, int], ...]:
+        """The relevant-position ranges of a sequence of ``length``."""
+        if self.scale is None:
+            return self.positions
+        return tuple((_round_ratio(a, length, self.scale), _round_ratio(b, length, self.scale))
+                     for a, b in self.positions)
+
+    def position_bounds(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) int64 [N, num_relevant]: each sequence's inclusive relevant-position ranges, by its length."""
+        ranges = np.asarray(self.positions, np.int64)
+        lengths = np.asarray(lengths, np.int64)[:, None]
+        if self.scale is None:
+            return (np.broadcast_to(ranges[:, 0], (len(lengths), len(ranges))),
+                    np.broadcast_to(ranges[:, 1], (len(lengths), len(ranges))))
+        # a * L / scale rounded half up, in exact integers (as _round_ratio).
+        return ((2 * ranges[:, 0] * lengths + self.scale) // (2 * self.scale),
+                (2 * ranges[:, 1] * lengths + self.scale) // (2 * self.scale))
+
+    def _check_ranges(self, positions: tuple[tuple[int, int], ...], lo: int, where: str = "") -> None:
         prev_hi = 0
-        for i, (plo, phi) in enumerate(self.positions):
+        for i, (plo, phi) in enumerate(positions):
             if not plo <= phi:
-                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)} is unordered; "
+                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)}{where} is unordered; "
                                  f"write it as [lo, hi] with lo <= hi")
             if not prev_hi < plo:
-                where = ("after the start symbol B (position 0)" if i == 0 else
+                after = ("after the start symbol B (position 0)" if i == 0 else
                          f"after range {i} (which ends at {prev_hi}): ranges must be in order and not overlap")
-                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)} must start {where}")
+                raise ValueError(f"level {self.name!r}: position range {i + 1} {(plo, phi)}{where} must start "
+                                 f"{after}")
             prev_hi = phi
         if prev_hi > lo - 2:
-            raise ValueError(f"level {self.name!r}: the last relevant position ({prev_hi}) must lie before the "
-                             f"end symbol of the shortest sequence (position {lo - 1}): raise the shortest length "
-                             f"to at least {prev_hi + 2} or end the last position range by {lo - 2}")
+            raise ValueError(f"level {self.name!r}: the last relevant position ({prev_hi}){where} must lie before "
+                             f"the end symbol of the shortest sequence (position {lo - 1}): raise the shortest "
+                             f"length to at least {prev_hi + 2} or end the last position range by {lo - 2}")
 
     @property
     def num_relevant(self) -> int:
@@ -122,7 +158,7 @@ class Level:
         """How many distinct sequences the level can produce."""
         total = 0
         for length in range(self.length[0], self.length[1] + 1):
-            total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
+            total += self.position_choices(length) * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
         return total
 
     def space_at_most(self, limit: int) -> bool:
@@ -131,15 +167,18 @@ class Level:
         for length in range(self.length[0], self.length[1] + 1):
             if self.free_cells(length) > limit.bit_length():  # 4^m alone exceeds the limit
                 return False
-            total += self.position_choices() * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
+            total += self.position_choices(length) * self.num_classes * len(DISTRACTOR_IDS) ** self.free_cells(length)
             if total > limit:
                 return False
         return True
 
-    def position_choices(self) -> int:
-        """How many combinations of relevant positions the level allows."""
+    def position_choices(self, length: int | None = None) -> int:
+        """How many combinations of relevant positions a sequence of ``length`` allows (any length, if the
+        ranges do not depend on it)."""
+        if self.scale is not None and length is None:
+            raise ValueError(f"level {self.name!r} has ranges that depend on the length: give the length")
         n = 1
-        for lo, hi in self.positions:
+        for lo, hi in self.ranges_at(length) if length is not None else self.positions:
             n *= hi - lo + 1
         return n
 
@@ -148,13 +187,16 @@ class Level:
         return length - 2 - self.num_relevant
 
     def to_json(self) -> dict:
-        """The level's ranges as JSON-ready lists: {"length": [lo, hi], "positions": [[lo, hi], ...]}."""
-        return {"length": list(self.length), "positions": [list(p) for p in self.positions]}
+        """The level's ranges as JSON-ready lists: {"length": [lo, hi], "positions": [[lo, hi], ...]} (and
+        "scale" for a level of varied lengths)."""
+        out = {"length": list(self.length), "positions": [list(p) for p in self.positions]}
+        return out if self.scale is None else {**out, "scale": self.scale}
 
     def summary(self) -> str:
         """A one-line account of the ranges, e.g. ``length 100-110, t1 10-20, t2 50-60, 4 classes``."""
         ranges = ", ".join(f"t{i + 1} {_span(p)}" for i, p in enumerate(self.positions))
-        return f"length {_span(self.length)}, {ranges}, {self.num_classes} classes"
+        per = f" (at length {self.scale}; scaled with each sequence's length)" if self.scale is not None else ""
+        return f"length {_span(self.length)}, {ranges}{per}, {self.num_classes} classes"
 
 
 def _span(r: tuple[int, int]) -> str:
@@ -185,14 +227,18 @@ def _range_name(prefix: str, r: tuple[int, int]) -> str:
     return f"{prefix}{r[0]}" if r[0] == r[1] else f"{prefix}{r[0]}to{r[1]}"
 
 
-def level_name(length: tuple[int, int], positions: Sequence[tuple[int, int]]) -> str:
+def level_name(length: tuple[int, int], positions: Sequence[tuple[int, int]], scale: int | None = None) -> str:
     """The name of the level with these ranges: a standard level's name, else one such as
-    ``len1000to1100_pos10to20_pos500to600``."""
+    ``len1000to1100_pos10to20_pos500to600``; with ``scale``, a standard level's positions at its longest length
+    give ``<level>-var<LO>to<HI>``, others ``len50to200_pos10to20_pos50to60_per110``."""
     length, positions = tuple(length), tuple(tuple(p) for p in positions)
     for lv in LEVELS.values():
-        if lv.length == length and lv.positions == positions:
+        if scale is None and lv.length == length and lv.positions == positions:
             return lv.name
-    return "_".join([_range_name("len", length), *(_range_name("pos", p) for p in positions)])
+        if scale is not None and lv.positions == positions and lv.max_length == scale:
+            return f"{lv.name}-{_range_name('var', length)}"
+    name = "_".join([_range_name("len", length), *(_range_name("pos", p) for p in positions)])
+    return name if scale is None else f"{name}_per{scale}"
 
 
 def _as_range(value, what: str) -> tuple[int, int]:
@@ -207,19 +253,35 @@ def _as_range(value, what: str) -> tuple[int, int]:
     raise ValueError(f"{what} must be [lo, hi] (two integers) or one integer, got {value!r}")
 
 
-def custom_level(length, positions) -> Level:
-    """The level with these inclusive ranges (``[lo, hi]`` or one int each), named by ``level_name``."""
+def custom_level(length, positions, scale: int | None = None) -> Level:
+    """The level with these inclusive ranges (``[lo, hi]`` or one int each), named by ``level_name``; with
+    ``scale``, a level of varied lengths whose positions are those of a sequence of that length (Level.scale)."""
     length = _as_range(length, "length")
     if not isinstance(positions, (list, tuple)):
         raise ValueError(f"positions must be a list of 2 to 8 ranges [lo, hi], got {positions!r}")
     positions = tuple(_as_range(p, f"position range {i + 1}") for i, p in enumerate(positions))
-    name = level_name(length, positions)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 3):
+        raise ValueError(f"scale must be an integer length >= 3 (the length the positions are given at), "
+                         f"got {scale!r}")
+    name = level_name(length, positions, scale)
     if name in LEVELS:
         return LEVELS[name]
-    return Level(name, length, positions)
+    desc = "" if scale is None else (f"lengths {length[0]}-{length[1]}, the relevant positions at the fractions "
+                                     f"of the length they have at length {scale}")
+    return Level(name, length, positions, desc, scale=scale)
+
+
+def varied_level(level: Level | str, shortest: int, longest: int) -> Level:
+    """``level``'s relevant positions at the same fractions of every length in [shortest, longest]
+    (``<level>-var<LO>to<HI>``): training data of varied length, e.g. ``hard-var50to200``."""
+    level = get_level(level) if isinstance(level, str) else level
+    if level.base is not None or level.scale is not None:
+        raise ValueError(f"level {level.name!r} is already lengthened or varied; vary a level of fixed ranges")
+    return custom_level((shortest, longest), level.positions, level.max_length)
 
 
 LEVEL_JSON_KEYS = ("length", "positions")
+LEVEL_JSON_OPTIONAL = ("scale",)
 
 
 def level_from_json(spec: str | dict) -> Level:
@@ -232,12 +294,13 @@ def level_from_json(spec: str | dict) -> Level:
                              f'{{"length": [1000, 1100], "positions": [[10, 20], [500, 600]]}}') from None
     if not isinstance(spec, dict):
         raise ValueError(f"level JSON must be an object with keys {', '.join(LEVEL_JSON_KEYS)}, got {spec!r}")
-    unknown = sorted(set(spec) - set(LEVEL_JSON_KEYS))
+    unknown = sorted(set(spec) - set(LEVEL_JSON_KEYS) - set(LEVEL_JSON_OPTIONAL))
     missing = [k for k in LEVEL_JSON_KEYS if k not in spec]
     if unknown or missing:
-        raise ValueError(f"level JSON needs exactly the keys {', '.join(LEVEL_JSON_KEYS)} (the name follows from "
-                         f"the ranges); unknown: {unknown or 'none'}, missing: {missing or 'none'}")
-    return custom_level(spec["length"], spec["positions"])
+        raise ValueError(f"level JSON needs the keys {', '.join(LEVEL_JSON_KEYS)} and may have "
+                         f"{', '.join(LEVEL_JSON_OPTIONAL)} (the name follows from the ranges); unknown: "
+                         f"{unknown or 'none'}, missing: {missing or 'none'}")
+    return custom_level(spec["length"], spec["positions"], spec.get("scale"))
 
 
 def _round_ratio(a: int, num: int, den: int) -> int:
@@ -312,11 +375,14 @@ def _base_level(name: str) -> Level:
     if name in LEVELS:
         return LEVELS[name]
     tokens = name.split("_")
+    scale = None
+    if len(tokens) > 1 and re.fullmatch(r"per[1-9]\d*", tokens[-1]):
+        scale = int(tokens.pop()[3:])
     length = _parse_range(tokens[0], "len")
     positions = [_parse_range(t, "pos") for t in tokens[1:]]
     if length is None or any(p is None for p in positions):
         raise _unknown_level(name)
-    level = custom_level(length, positions)  # ValueError naming a bad range
+    level = custom_level(length, positions, scale)  # ValueError naming a bad range
     if level.name != name:
         # One name per level, so that one level never lives in two dataset folders.
         raise _unknown_level(name, f" (that level is named {level.name!r}; use that name)")
@@ -332,9 +398,15 @@ def get_level(name: str) -> Level:
     base, sep, modifier = name.partition("-")
     if not sep:
         return _base_level(name)
+    m = re.fullmatch(r"var([1-9]\d*)to([1-9]\d*)", modifier)
+    if m is not None:
+        level = varied_level(_base_level(base), int(m.group(1)), int(m.group(2)))
+        if level.name != name:
+            raise _unknown_level(name, f" (that level is named {level.name!r}; use that name)")
+        return level
     m = re.fullmatch(r"(len|tail)([1-9]\d*)", modifier)
     if m is None:
-        raise _unknown_level(name, f" ({modifier!r} is not a lengthening len<N> or tail<N>)")
+        raise _unknown_level(name, f" ({modifier!r} is not a lengthening len<N> or tail<N>, nor var<LO>to<HI>)")
     return _lengthened(_base_level(base), m.group(1), int(m.group(2)))
 
 
@@ -373,9 +445,14 @@ def generate(level: Level | str, n: int, rng: np.random.Generator) -> Batch:
         raise ValueError(f"n must be >= 0, got {n}")
     k = level.num_relevant
     lengths = rng.integers(level.length[0], level.length[1] + 1, size=n, dtype=np.int32)
-    positions = np.stack(
-        [rng.integers(lo, hi + 1, size=n, dtype=np.int32) for lo, hi in level.positions], axis=1
-    ) if n else np.zeros((0, k), np.int32)
+    if level.scale is None:
+        positions = np.stack(
+            [rng.integers(lo, hi + 1, size=n, dtype=np.int32) for lo, hi in level.positions], axis=1
+        ) if n else np.zeros((0, k), np.int32)
+    else:  # each sequence's ranges follow its length
+        lo, hi = level.position_bounds(lengths)
+        positions = np.stack([rng.integers(lo[:, j], hi[:, j] + 1, dtype=np.int64) for j in range(k)],
+                             axis=1).astype(np.int32) if n else np.zeros((0, k), np.int32)
     labels = rng.integers(0, level.num_classes, size=n, dtype=np.int32)
     tokens = rng.integers(DISTRACTOR_IDS[0], DISTRACTOR_IDS[-1] + 1, size=(n, level.max_length), dtype=np.uint8)
     rows = np.arange(n)
@@ -419,9 +496,11 @@ def check_sequence(tokens: Sequence[int] | np.ndarray, level: Level | str | None
         if len(positions) != level.num_relevant:
             raise ValueError(f"level {level.name!r} needs {level.num_relevant} relevant symbols (X or Y), "
                              f"found {len(positions)}")
-        for p, (lo, hi) in zip(positions, level.positions):
+        ranges = level.ranges_at(len(tokens))
+        for p, (lo, hi) in zip(positions, ranges):
             if not lo <= p <= hi:
-                raise ValueError(f"relevant position {p} is outside level {level.name!r}'s ranges {level.positions}")
+                raise ValueError(f"relevant position {p} is outside level {level.name!r}'s ranges {ranges}"
+                                 + (f" at length {len(tokens)}" if level.scale is not None else ""))
     elif not MIN_RELEVANT <= len(positions) <= MAX_RELEVANT:
         raise ValueError(f"a sequence needs {MIN_RELEVANT} to {MAX_RELEVANT} relevant symbols (X or Y), "
                          f"found {len(positions)}")
@@ -482,7 +561,7 @@ def enumerate_space(level: Level | str) -> Batch:
         fills = (np.indices((len(DISTRACTOR_IDS),) * m).reshape(m, -1).T if m else np.zeros((1, 0), np.int64))
         fills = (fills + DISTRACTOR_IDS[0]).astype(np.uint8)
         labels_of_block = np.repeat(np.arange(n_classes, dtype=np.int32), len(fills))
-        for pos in itertools.product(*[range(lo, hi + 1) for lo, hi in level.positions]):
+        for pos in itertools.product(*[range(lo, hi + 1) for lo, hi in level.ranges_at(length)]):
             free = [p for p in range(1, length - 1) if p not in pos]
             block = np.full((len(labels_of_block), level.max_length), PAD_ID, np.uint8)
             block[:, 0], block[:, length - 1] = START, END

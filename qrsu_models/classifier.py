@@ -47,6 +47,14 @@ def _last_hidden(w_in: jax.Array, bias: jax.Array, w_hh: jax.Array, tokens: jax.
     return recurrence.last_hidden(cell, tok, w_in + bias, w_hh, unroll=unroll, custom_grad=custom_grad)
 
 
+@functools.partial(jax.jit, static_argnames=("cell", "padding", "vocab_size", "unroll"))
+def _final_state(w_in: jax.Array, bias: jax.Array, w_hh: jax.Array, tokens: jax.Array, lengths: jax.Array,
+                 initial: jax.Array, *, cell: str, padding: str, vocab_size: int, unroll: int) -> jax.Array:
+    tok = layout.time_major_ids(tokens, lengths, padding, vocab_size)
+    start = tok.shape[0] - jnp.clip(lengths.astype(jnp.int32), 0, tok.shape[0])
+    return recurrence.final_state(cell, tok, w_in + bias, w_hh, initial, start, unroll=unroll)
+
+
 class SequenceClassifier(nnx.Module):
     """Token ids [B, T] + lengths [B] -> logits [B, num_classes] through a scanned RNN/LSTM/GRU."""
 
@@ -89,7 +97,21 @@ class SequenceClassifier(nnx.Module):
 
     def state_size(self, length: int) -> int:
         """Floats carried per sequence from step to step: h (and the LSTM's c), whatever the length."""
-        return self.hidden * (2 if self.cell == "lstm" else 1)
+        return recurrence.state_width(self.cell, self.hidden)
+
+    def zero_state(self, batch: int) -> jax.Array:
+        """The state every sequence starts from by default, [batch, state_size]: zeros."""
+        return jnp.zeros((batch, self.state_size(0)), jnp.float32)
+
+    def forward_state(self, tokens: jax.Array, lengths: jax.Array, padding: str, initial_state: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+        """(logits [B, num_classes], final state [B, state_size]) of sequences that start from
+        ``initial_state`` [B, state_size] instead of zeros (exact under padding too)."""
+        _check_choice("padding", padding, PADDINGS)
+        state = _final_state(self.w_in[...], self.bias[...], self.w_hh[...], jnp.asarray(tokens),
+                             jnp.asarray(lengths), initial_state, cell=self.cell, padding=padding,
+                             vocab_size=self.vocab_size, unroll=self.unroll)
+        return self.head(recurrence.hidden_of(self.cell, state)), state
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes] of token ids [B, T] (int) with ``lengths`` [B] real tokens per row.

@@ -269,6 +269,74 @@ _FAST = {"rnn": rnn_last_hidden, "lstm": lstm_last_hidden, "gru": gru_last_hidde
 _PLAIN = {"rnn": _rnn_forward, "lstm": _lstm_forward, "gru": _gru_forward}
 
 
+def _held(step, start: jax.Array):
+    """``step`` that leaves the carry as it is before each row's first real step (t < start[row])."""
+    def held(carry, xs):
+        tok, t = xs
+        new, out = step(carry, tok)
+        keep = (t >= start)[:, None]
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), out
+    return held
+
+
+def _step_of(cell: str, w_in: jax.Array, w_hh: jax.Array):
+    """One time step ``(carry, token ids [B]) -> (carry, None)`` of ``cell`` (the simple form, for autodiff)."""
+    hidden, vocab = w_hh.shape[0], w_in.shape[0]
+    if cell == "lstm":
+        w_aug = _lstm_w_aug(w_in, w_hh)
+
+        def step(carry, tok):
+            c, h = carry
+            z = _augmented(h, tok, vocab) @ w_aug
+            i = 0.5 * jnp.tanh(z[:, :hidden]) + 0.5
+            f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden]) + 0.5
+            g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
+            o = 0.5 * jnp.tanh(z[:, 3 * hidden:]) + 0.5
+            c = f * c + i * g
+            return (c, o * jnp.tanh(c)), None
+    elif cell == "gru":
+        w_aug = _gru_w_aug(w_in, w_hh)
+
+        def step(h, tok):
+            za = _augmented(h, tok, vocab) @ w_aug
+            r = 0.5 * jnp.tanh(za[:, :hidden]) + 0.5
+            z = 0.5 * jnp.tanh(za[:, hidden:2 * hidden]) + 0.5
+            n = jnp.tanh(za[:, 3 * hidden:] + r * za[:, 2 * hidden:3 * hidden])
+            return n + z * (h - n), None
+    else:
+        w_aug = jnp.concatenate([w_hh, w_in], axis=0)
+
+        def step(h, tok):
+            return jax.nn.relu(jnp.tanh(_augmented(h, tok, vocab) @ w_aug)), None
+    return step
+
+
+def final_state(cell: str, tokens: jax.Array, w_in: jax.Array, w_hh: jax.Array, initial: jax.Array,
+                start: jax.Array, *, unroll: int = 1) -> jax.Array:
+    """The state [B, S] after each row's last real token, starting from ``initial`` [B, S] at its first
+    (``start`` [B]: the step of each row's first real token in the pre-padded [T, B] ``tokens``).
+
+    The state is h (S = H), and for the LSTM c then h (S = 2H). The carry is held through each row's padding,
+    so a row's result does not depend on its batch's padding from any initial state (from a zero one the fast
+    forms above need no hold). The simple form, differentiated by JAX: used for runs that start from a passed
+    or a noisy state (pipelines' training recipes), where the fast forms' zero start does not hold."""
+    hidden = w_hh.shape[0]
+    carry = (initial[:, :hidden], initial[:, hidden:]) if cell == "lstm" else initial
+    steps = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+    carry, _ = lax.scan(_held(_step_of(cell, w_in, w_hh), start), carry, (tokens, steps), unroll=unroll)
+    return jnp.concatenate(carry, axis=-1) if cell == "lstm" else carry
+
+
+def state_width(cell: str, hidden: int) -> int:
+    """S, the floats of ``cell``'s state per sequence: h, and the LSTM's c."""
+    return 2 * hidden if cell == "lstm" else hidden
+
+
+def hidden_of(cell: str, state: jax.Array) -> jax.Array:
+    """h [B, H] of a state [B, S] (the LSTM's state is c then h)."""
+    return state[:, state.shape[1] // 2:] if cell == "lstm" else state
+
+
 def last_hidden(cell: str, tokens: jax.Array, w_in: jax.Array, w_hh: jax.Array, *, unroll: int = 1,
                 custom_grad: bool = True) -> jax.Array:
     """h_T [B, H] of ``cell`` over pre-padded time-major tokens [T, B]; custom_grad=False lets JAX differentiate."""

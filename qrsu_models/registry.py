@@ -15,6 +15,7 @@ initialisation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import math
@@ -40,7 +41,7 @@ class ModelSpec:
     constructor: Callable[..., nnx.Module]
     description: str = ""
     reference: str = ""
-    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     """Options set here rather than by the constructor's own defaults (e.g. the recurrent cell)."""
 
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -76,6 +77,18 @@ class ModelSpec:
         return model
 
 
+    def supports(self, method: str) -> bool:
+        """Whether the model has ``method`` (e.g. ``forward_state``: its state can be set; ``regularizer``)."""
+        return method in _methods(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _methods(spec: ModelSpec) -> frozenset[str]:
+    # The built model's public attributes, from an abstract build (no array is made).
+    model = nnx.eval_shape(lambda: spec.build(num_classes=4, max_length=8, seed=0))
+    return frozenset(name for name in dir(model) if not name.startswith("_"))
+
+
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -90,6 +103,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 def names() -> tuple[str, ...]:
     """The registered model names, in registration order."""
     return tuple(_REGISTRY)
+
+
+def with_method(method: str) -> tuple[str, ...]:
+    """The registered models that have ``method`` (see ModelSpec.supports)."""
+    return tuple(name for name, spec in _REGISTRY.items() if spec.supports(method))
 
 
 def get(name: str) -> ModelSpec:

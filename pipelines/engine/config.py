@@ -15,6 +15,9 @@ from qrsu_data.splits import SplitSpec
 from qrsu_models import LSTM_INITS, registry
 
 PADDINGS = ("pre", "post")
+INITIAL_STATES = ("zero", "noise", "passed")
+"""What a training sequence's recurrent state starts from: zeros; Gaussian noise (``noise_std``); or the final
+state of the sequence in the same row of the previous batch (state passing, Buitrago Ruiz & Gu 2025)."""
 ACCELERATOR_UNROLL = 8
 """Automatic ``unroll`` on a GPU or TPU (on CPU it is 1): time steps per iteration of the recurrence's loop.
 
@@ -51,6 +54,10 @@ class TrainConfig:
     lstm_init: str = ""  # "": chrono for an LSTM, default for the other cells
     clip_norm: float = 1.0
     padding: str = "pre"
+    bucket_width: int = 0
+    initial_state: str = "zero"
+    noise_std: float = 1.0
+    omega: float = 0.0
     workdir: str = ""
     data_dir: str | None = None
     checkpoint_every: int = 1000
@@ -87,7 +94,8 @@ class TrainConfig:
         except (ValueError, TypeError):
             raise ValueError(f"unknown difficulty {self.difficulty!r}; choose one of: {', '.join(task.LEVELS)}, "
                              f"or a dataset config such as 'hard-train1000000'") from None
-        for name, valid in {"padding": PADDINGS, "optimizer": OPTIMIZERS, "lstm_init": LSTM_INITS}.items():
+        for name, valid in {"padding": PADDINGS, "optimizer": OPTIMIZERS, "lstm_init": LSTM_INITS,
+                            "initial_state": INITIAL_STATES}.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(valid)}")
         if self.model != "lstm" and self.lstm_init != "default":
@@ -96,10 +104,22 @@ class TrainConfig:
                      "init_timeout"):
             _check_int(name, getattr(self, name), 1)
         _check_int("steps_per_epoch", self.steps_per_epoch, 0, "0: one pass over the train split")
+        _check_int("bucket_width", self.bucket_width, 0, "0: every batch padded to the level's longest length")
         _check_int("seed", self.seed, 0)
         _check_int("grad_threads", self.grad_threads, 0, "0: automatic")
         _check_int("unroll", self.unroll, 0, "0: automatic")
         _check_int("num_processes", self.num_processes, 1)
+        if self.initial_state != "zero" and not spec.supports("forward_state"):
+            raise ValueError(f"initial_state {self.initial_state!r} needs a model whose state can be set "
+                             f"(forward_state); {self.model!r} has none. Models with one: "
+                             f"{', '.join(registry.with_method('forward_state')) or 'none'}")
+        if self.omega and not spec.supports("regularizer"):
+            raise ValueError(f"omega (Pascanu et al.'s regulariser) needs a model that defines it; {self.model!r} "
+                             f"does not. Models that do: {', '.join(registry.with_method('regularizer')) or 'none'}")
+        for name in ("noise_std", "omega"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not isinstance(self.clip_norm, (int, float)) or not math.isfinite(self.clip_norm) or self.clip_norm < 0:
@@ -205,6 +225,14 @@ _HELP = {
                  f"which solves the long lags; the seed notebook's is 'default', zero biases)",
     "clip_norm": "clip gradients to this global norm (0: no clipping, as in the seed notebook)",
     "padding": "where padding goes: pre (the seed's layout) or post",
+    "initial_state": "what each training sequence's recurrent state starts from: zero; noise (Gaussian, "
+                     "--noise-std); passed (the final state of the previous batch's sequence in the same row: state "
+                     "passing, Buitrago Ruiz & Gu 2025). Evaluation always starts from zero",
+    "noise_std": "standard deviation of the noisy initial state (--initial-state noise)",
+    "omega": "weight of Pascanu et al. (2013)'s vanishing-gradient regulariser Omega (models that define it: "
+             "pascanu_rnn); 0: none",
+    "bucket_width": "draw each batch from one bucket of this many lengths and pad it to the bucket's longest, not "
+                    "the level's (for levels of varied lengths such as hard-var50to200; 0: no buckets)",
     "workdir": "where history.json, curves.png, config.json and checkpoints/ go "
                "(default: runs/MODEL-DIFFICULTY-seedSEED)",
     "data_dir": "dataset dir (default: $QRSU_DATA_DIR or ~/qrsu_data); a missing dataset is built there first",

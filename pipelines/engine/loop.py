@@ -91,7 +91,7 @@ def train_steps(session: Session, until: int, actions: Sequence[Every] = (), *, 
     Returns STOPPED, DONE or INTERRUPTED (after the losses were checked: the caller may save at once)."""
     pending: list = []
     while session.step < until:
-        session.state, loss = session.step_fn(session.state, session.sharding.put_batch(next(session.train_iter)))
+        session.state, loss = session.step_fn(session.state, session.next_batch())
         pending.append(loss)
         session.step += 1
         if on_step is not None:

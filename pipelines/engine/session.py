@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from pipelines.engine.config import TrainConfig
@@ -62,16 +63,35 @@ class Session:
         sharding.check_batch_size(config.batch_size)
         sharding.check_batch_size(eval_batch_size)
         train_iter = loaders.train_loader(dataset, batch_size=config.batch_size // jax.process_count(),
-                                          seed=config.seed, data_dir=config.data_dir, padding=config.padding)
+                                          seed=config.seed, data_dir=config.data_dir, padding=config.padding,
+                                          bucket_width=config.bucket_width)
         module = create_model(config)
         parameters = registry.parameter_count(module)
         state_size = registry.state_size(module, dataset.level_def.max_length)
         tx = create_tx(config)
-        model, state = init_state(module, tx, config.padding, sharding)
+        carry = module.zero_state(config.batch_size) if config.initial_state == "passed" else None
+        model, state = init_state(module, tx, config.padding, sharding, regularizer=config.omega, carry=carry)
         with make_train_step(model, tx, sharding, batch_size=config.batch_size,
                              length=dataset.level_def.max_length, grad_threads=config.grad_threads) as step_fn:
             yield cls(config, dataset, sharding, model, tx, state, Evaluator(model, sharding, eval_batch_size),
                       train_iter, step_fn, parameters, state_size)
+
+    def next_batch(self) -> dict:
+        """The next training batch, on the mesh; with a noisy initial state, each sequence's start drawn from
+        ``(seed, step)``."""
+        batch = next(self.train_iter)
+        if self.config.initial_state == "noise":
+            rng = np.random.default_rng([self.config.seed, self.step, jax.process_index()])
+            width = self.state_size
+            batch = {**batch, "initial_state": (self.config.noise_std * rng.standard_normal(
+                (len(batch["lengths"]), width))).astype(np.float32)}
+        return self.sharding.put_batch(batch)
+
+    def fresh_carry(self) -> None:
+        """Sets the carried states of state passing back to zeros (a resumed run: the carry is not saved)."""
+        if self.config.initial_state == "passed":
+            self.state = self.state._replace(carry=self.sharding.replicate(
+                np.zeros((self.config.batch_size, self.state_size), np.float32)))
 
     @property
     def sequences_seen(self) -> int:

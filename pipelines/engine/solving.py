@@ -56,17 +56,30 @@ class RunSpec:
     padding: str = "pre"
     grad_threads: int = 1  # one core per run: a grid runs one run per core side by side
     model_options: str = "{}"  # JSON, e.g. '{"layers": 2}'
+    bucket_width: int = 0
+    initial_state: str = "zero"
+    noise_std: float = 1.0
+    omega: float = 0.0
+
+    @property
+    def recipe(self) -> str:
+        """The training recipe beyond the defaults, as a name part: '', '-passed', '-noise0.5', '-omega4', ..."""
+        parts = [f"-{self.initial_state}" + (f"{self.noise_std:g}" if self.initial_state == "noise" else "")
+                 if self.initial_state != "zero" else "", f"-omega{self.omega:g}" if self.omega else ""]
+        return "".join(parts)
 
     @property
     def key(self) -> str:
         """The run's file name in an output folder."""
-        return f"{self.cell.replace(':', '.')}-{self.level}-lr{self.lr:g}-seed{self.seed}"
+        return f"{self.cell.replace(':', '.')}-{self.level}{self.recipe}-lr{self.lr:g}-seed{self.seed}"
 
     def config(self, data_dir: str | os.PathLike | None = None) -> TrainConfig:
         """The training configuration of this run."""
         return TrainConfig(model=self.cell, difficulty=self.level, batch_size=self.batch_size, lr=self.lr,
                            clip_norm=self.clip_norm, hidden=self.hidden, seed=self.seed, data_dir=data_dir,
                            padding=self.padding, grad_threads=self.grad_threads, workdir=os.devnull,
+                           bucket_width=self.bucket_width, initial_state=self.initial_state,
+                           noise_std=self.noise_std, omega=self.omega,
                            model_options=json.loads(self.model_options)).validate()
 
 

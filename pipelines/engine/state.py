@@ -48,11 +48,14 @@ class Metrics(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """What a step reads and writes: the model's parameters, the optimizer's state and the running metrics."""
+    """What a step reads and writes: the model's parameters, the optimizer's state and the running metrics;
+    with state passing, also ``carry``: the final states of the last batch's sequences, which the next batch's
+    sequences start from (not checkpointed: a resumed run starts its carry from zeros again)."""
 
     params: dict
     opt_state: Any
     metrics: Metrics
+    carry: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,12 +65,14 @@ class SplitModel:
     graphdef: nnx.GraphDef
     rest: dict  # state that is not a trainable nnx.Param (none in the built-in models); constant in training
     padding: str
+    regularizer: float = 0.0
+    """Weight of the model's own regulariser in the training loss (``model.regularizer``: Pascanu's Omega)."""
 
     @classmethod
-    def of(cls, model: nnx.Module, padding: str) -> tuple[SplitModel, dict]:
+    def of(cls, model: nnx.Module, padding: str, regularizer: float = 0.0) -> tuple[SplitModel, dict]:
         """(static part, parameters as a plain dict) of ``model``."""
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        return cls(graphdef, nnx.to_pure_dict(rest), padding), nnx.to_pure_dict(params)
+        return cls(graphdef, nnx.to_pure_dict(rest), padding, regularizer), nnx.to_pure_dict(params)
 
     def merge(self, params: dict) -> nnx.Module:
         """The model object holding ``params``."""
@@ -77,32 +82,53 @@ class SplitModel:
         return self.merge(params)(batch["tokens"], batch["lengths"], self.padding)
 
 
-def loss_fn(params: dict, model: SplitModel, batch: Batch) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Mean softmax cross-entropy of the batch, with (logits, per-example losses)."""
-    logits = model(params, batch)
+def loss_fn(params: dict, model: SplitModel, batch: Batch) -> tuple[jax.Array, tuple]:
+    """Mean softmax cross-entropy of the batch (plus the model's weighted regulariser), with (logits,
+    per-example losses, final states or None).
+
+    With ``batch["initial_state"]`` the sequences start from those states (a noisy or a passed state), and
+    their final states come back for the next batch."""
+    final = None
+    if "initial_state" in batch:
+        logits, final = model.merge(params).forward_state(batch["tokens"], batch["lengths"], model.padding,
+                                                          batch["initial_state"])
+    else:
+        logits = model(params, batch)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return losses.mean(), (logits, losses)
+    loss = losses.mean()
+    if model.regularizer:
+        loss = loss + model.regularizer * model.merge(params).regularizer(batch["tokens"], batch["lengths"],
+                                                                           model.padding, batch["label"])
+    return loss, (logits, losses, final)
 
 
 def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads: dict, losses: jax.Array,
                     logits: jax.Array, labels: jax.Array) -> TrainState:
     """The state after the optimizer's update with ``grads`` and the batch's metrics."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state, state.metrics.add(losses, logits, labels))
+    return TrainState(optax.apply_updates(state.params, updates), opt_state, state.metrics.add(losses, logits, labels),
+                      state.carry)
 
 
 def train_step(model: SplitModel, tx: optax.GradientTransformation, state: TrainState,
                batch: Batch) -> tuple[TrainState, jax.Array]:
-    """One optimizer step on ``batch``: the new state and the batch's mean loss."""
-    (loss, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, model, batch)
-    return apply_gradients(tx, state, grads, losses, logits, batch["label"]), loss
+    """One optimizer step on ``batch``: the new state and the batch's mean loss.
+
+    With a carry (state passing), the batch's sequences start from the carried states, which no gradient
+    flows back into (Buitrago Ruiz & Gu 2025), and their final states are the next carry."""
+    if state.carry is not None:
+        batch = {**batch, "initial_state": jax.lax.stop_gradient(state.carry)}
+    (loss, (logits, losses, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, model, batch)
+    new = apply_gradients(tx, state, grads, losses, logits, batch["label"])
+    return (new if state.carry is None else new._replace(carry=final)), loss
 
 
-def init_state(model: nnx.Module, tx: optax.GradientTransformation, padding: str,
-               sharding: Sharding) -> tuple[SplitModel, TrainState]:
-    """(static model, fresh state) of ``model`` and ``tx``, replicated over the mesh."""
-    split, params = SplitModel.of(model, padding)
-    state = TrainState(params, tx.init(params), Metrics.zeros())
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, padding: str, sharding: Sharding, *,
+               regularizer: float = 0.0, carry: jax.Array | None = None) -> tuple[SplitModel, TrainState]:
+    """(static model, fresh state) of ``model`` and ``tx``, replicated over the mesh (``carry``: the states the
+    first batch starts from, for state passing)."""
+    split, params = SplitModel.of(model, padding, regularizer)
+    state = TrainState(params, tx.init(params), Metrics.zeros(), carry)
     return split, sharding.replicate(state)
 
 

@@ -108,11 +108,13 @@ class Study:
             found[path.stem] = record
         return found
 
-    def check_runs(self, asked: dict[str, dict]) -> None:
-        """StudyError if a run of one of ``asked``'s keys (key -> settings) was saved with other settings."""
-        saved = self.records()
-        conflicts = [f"{key} ({'; '.join(_differences(saved[key]['settings'], settings))})"
-                     for key, settings in asked.items() if key in saved and saved[key]["settings"] != settings]
+    def check_runs(self, asked: dict[str, dict], defaults: dict | None = None) -> None:
+        """StudyError if a run of one of ``asked``'s keys (key -> settings) was saved with other settings.
+
+        A setting that a saved record lacks (it was added since) counts as its value in ``defaults``."""
+        saved = {key: {**(defaults or {}), **record["settings"]} for key, record in self.records().items()}
+        conflicts = [f"{key} ({'; '.join(_differences(saved[key], settings))})"
+                     for key, settings in asked.items() if key in saved and saved[key] != settings]
         if conflicts:
             raise StudyError(f"{self.out} holds runs of other settings: {'; '.join(conflicts[:5])}"
                              f"{' ...' if len(conflicts) > 5 else ''}. Rerun with the saved settings to extend the "

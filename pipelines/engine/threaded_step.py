@@ -44,15 +44,18 @@ def grad_threads(asked: int, batch_size: int, length: int, sharding: Sharding) -
 def _part_gradient(model: SplitModel, part: int, params: dict, batch: Batch, index: jax.Array):
     # Slicing inside the program keeps one compilation for every part (index is traced).
     sliced = {k: jax.lax.dynamic_slice_in_dim(v, index * part, part) for k, v in batch.items()}
-    (_, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, model, sliced)
-    return grads, logits, losses
+    (_, (logits, losses, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, model, sliced)
+    return grads, logits, losses, final
 
 
 def _apply_parts(tx: optax.GradientTransformation, state: TrainState, parts: list, labels: jax.Array):
     grads = jax.tree.map(lambda *g: sum(g) / len(g), *[p[0] for p in parts])
     logits = jnp.concatenate([p[1] for p in parts])
     losses = jnp.concatenate([p[2] for p in parts])
-    return apply_gradients(tx, state, grads, losses, logits, labels), losses.mean()
+    new = apply_gradients(tx, state, grads, losses, logits, labels)
+    if state.carry is not None:  # state passing: the parts' final states, in batch order, are the next carry
+        new = new._replace(carry=jnp.concatenate([p[3] for p in parts]))
+    return new, losses.mean()
 
 
 class ThreadedTrainStep:
@@ -72,6 +75,8 @@ class ThreadedTrainStep:
         return jax.block_until_ready(self._grad(params, batch, index))
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+        if state.carry is not None:  # as train_step: start from the carried states, no gradient into them
+            batch = {**batch, "initial_state": jax.lax.stop_gradient(state.carry)}
         parts = [self._pool.submit(self._part, state.params, batch, i) for i in self._indices]
         return self._apply(state, [p.result() for p in parts], batch["label"])
 

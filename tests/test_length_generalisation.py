@@ -1,0 +1,209 @@
+"""Length generalisation's training recipes: levels of varied length, batches bucketed by length, sequences that
+start from a given (noisy or passed) state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pipelines.engine.config import TrainConfig
+from pipelines.engine.model import create_model, create_tx
+from pipelines.engine.sharding import Sharding
+from pipelines.engine.state import SplitModel, init_state, loss_fn, train_step
+from qrsu_data import codec, loaders, padding, splits, store, task
+from qrsu_models import SequenceClassifier
+
+VARIED = "hard-var50to200"
+
+
+# ------------------------------------------------------------------------------------------ varied lengths
+
+
+def test_a_varied_level_keeps_its_positions_at_the_same_fractions_of_every_length():
+    level = task.get_level(VARIED)
+    assert level.length == (50, 200) and level.scale == 110 and level.base is None
+    batch = task.generate(level, 20_000, np.random.default_rng(0))
+    assert batch.lengths.min() == 50 and batch.lengths.max() == 200
+    lo, hi = level.position_bounds(batch.lengths)
+    assert ((batch.positions >= lo) & (batch.positions <= hi)).all()
+    # hard's t1 in 10..20 and t2 in 50..60 of 110: the same fractions at every length, rounded half up.
+    frac = batch.positions / batch.lengths[:, None]
+    assert 10 / 110 - 0.01 < frac[:, 0].min() and frac[:, 0].max() < 20 / 110 + 0.01
+    assert 50 / 110 - 0.01 < frac[:, 1].min() and frac[:, 1].max() < 60 / 110 + 0.01
+    assert level.ranges_at(110) == ((10, 20), (50, 60)) and level.ranges_at(50) == ((5, 9), (23, 27))
+    for seq in batch.take(np.arange(50)).sequences():
+        task.check_sequence(seq, level)  # every generated sequence follows its own length's ranges
+    problems = codec.example_problems(batch.tokens, batch.lengths, batch.labels, batch.positions, level)
+    assert not any(rows.any() for rows in problems.values())  # what a split's reader checks
+    again = task.generate(level, 20_000, np.random.default_rng(0))
+    assert np.array_equal(again.tokens, batch.tokens)  # deterministic from its seed
+
+
+def test_varied_levels_by_name_and_by_json():
+    by_json = splits.SplitSpec.parse('{"length": [50, 200], "positions": [[10, 20], [50, 60]], "scale": 110}')
+    assert by_json.name == VARIED and splits.SplitSpec.parse(VARIED).level_def == task.get_level(VARIED)
+    own = task.get_level("len50to200_pos10to20_pos50to60_per100")
+    assert own.scale == 100 and own.ranges_at(200) == ((20, 40), (100, 120))
+    assert task.level_from_json(own.to_json()) == own
+    with pytest.raises(ValueError, match="that level is named 'hard-var50to200'"):
+        task.get_level("len50to200_pos10to20_pos50to60_per110")
+    with pytest.raises(ValueError, match="at length 4"):  # the shortest sequences cannot hold the positions
+        task.get_level("hard-var4to200")
+    with pytest.raises(ValueError, match="not a lengthening len<N> or tail<N>, nor var<LO>to<HI>"):
+        task.get_level("hard-vary")
+
+
+# ------------------------------------------------------------------------------------------ buckets
+
+
+@pytest.fixture(scope="module")
+def varied_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("varied")
+    store.build(f"{VARIED}-train3000-validation500-test500", path)
+    return str(path)
+
+
+CONFIG = f"{VARIED}-train3000-validation500-test500"
+
+
+@pytest.mark.parametrize("pad", ["pre", "post"])
+def test_buckets_pad_each_batch_to_its_bucket_and_cover_the_split(varied_dir, pad):
+    kw = dict(batch_size=32, seed=3, data_dir=varied_dir, padding=pad, shard_index=0, shard_count=1)
+    ds = loaders.train_dataset(CONFIG, bucket_width=25, **kw)
+    it = iter(ds)
+    seen, widths = [], set()
+    for _ in range(60):
+        b = next(it)
+        width = b["tokens"].shape[1]
+        widths.add(width)
+        assert b["lengths"].max() <= width and width - b["lengths"].min() < 25  # one bucket per batch
+        real = b["tokens"][:, -b["lengths"].min():] if pad == "pre" else b["tokens"][:, :b["lengths"].min()]
+        assert (real < task.VOCAB_SIZE).all()
+        seen.append(b["label"])
+    assert len(widths) >= 5 and max(widths) <= 200
+    # The same batches, padded as a bucketed batch or to the level's longest: the same logits (exact padding).
+    model = SequenceClassifier("lstm", hidden=16, rngs=nnx.Rngs(0))
+    plain = loaders.train_loader(CONFIG, **kw)
+    b = next(iter(loaders.train_dataset(CONFIG, bucket_width=25, **kw)))
+    wide = padding.pad_sequences([t[t < task.VOCAB_SIZE] for t in b["tokens"]], 200, pad)
+    np.testing.assert_allclose(np.asarray(model(b["tokens"], b["lengths"], pad)),
+                               np.asarray(model(wide, b["lengths"], pad)), rtol=1e-6, atol=1e-6)
+    assert next(plain)["tokens"].shape[1] == 200  # without buckets: the level's longest
+
+
+def test_bucketed_batches_repeat_from_their_seed_and_resume_from_a_checkpointed_position(varied_dir):
+    kw = dict(batch_size=32, seed=5, data_dir=varied_dir, shard_index=0, shard_count=1, bucket_width=30)
+    a = loaders.train_loader(CONFIG, **kw)
+    first = [next(a) for _ in range(7)]
+    state = a.get_state()
+    rest = [next(a) for _ in range(100)]  # across an epoch's end
+    b = loaders.train_loader(CONFIG, **kw)
+    b.set_state(state)
+    for x, y in zip(rest, [next(b) for _ in range(100)]):
+        assert np.array_equal(x["tokens"], y["tokens"])
+    c = loaders.train_loader(CONFIG, **kw)
+    assert all(np.array_equal(x["tokens"], next(c)["tokens"]) for x in first)
+    with pytest.raises(ValueError, match="no bucket of 1 lengths holds batch_size 3000"):
+        loaders.train_loader(CONFIG, **{**kw, "batch_size": 3000, "bucket_width": 1})
+
+
+# ------------------------------------------------------------------------------------------ initial states
+
+
+def _python_loop_lstm(model: SequenceClassifier, seq: np.ndarray, c: np.ndarray, h: np.ndarray):
+    """flax's LSTMCell by hand from (c, h), one token at a time: the reference of a given start."""
+    hidden = model.hidden
+    w_in, w_hh, bias = (np.asarray(x, np.float64) for x in (model.w_in[...], model.w_hh[...], model.bias[...]))
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    for tok in seq:
+        z = h @ w_hh + w_in[tok] + bias
+        i, f, g, o = (z[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+    return c, h
+
+
+def test_a_sequence_starts_from_the_state_it_is_given():
+    model = SequenceClassifier("lstm", hidden=6, rngs=nnx.Rngs(1))
+    b = task.generate(task.get_level("easy"), 5, np.random.default_rng(2))
+    tokens = padding.pad_sequences(b.sequences(), 12, "pre")  # padding before each sequence
+    initial = np.asarray(jax.random.normal(jax.random.key(3), (5, 12)))
+    logits, final = model.forward_state(tokens, b.lengths, "pre", initial)
+    for row, seq in enumerate(b.sequences()):
+        c, h = _python_loop_lstm(model, seq, initial[row, :6], initial[row, 6:])
+        np.testing.assert_allclose(np.asarray(final[row]), np.concatenate([c, h]), rtol=2e-5, atol=2e-6)
+    # From zeros, it is the fast path's model exactly.
+    zero_logits, _ = model.forward_state(tokens, b.lengths, "pre", model.zero_state(5))
+    np.testing.assert_allclose(np.asarray(zero_logits), np.asarray(model(tokens, b.lengths)), atol=1e-6)
+    assert not np.allclose(np.asarray(logits), np.asarray(zero_logits))
+
+
+def _batch(level, n, seed):
+    b = task.generate(task.get_level(level), n, np.random.default_rng(seed))
+    return {"tokens": padding.pad_sequences(b.sequences(), task.get_level(level).max_length, "pre"),
+            "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)}
+
+
+@pytest.mark.parametrize("grad_threads", [1, 2])
+def test_state_passing_starts_each_sequence_from_the_previous_batchs_final_state(grad_threads):
+    from pipelines.engine.step import make_train_step
+
+    config = TrainConfig(model="gru", difficulty="easy", batch_size=8, initial_state="passed",
+                         grad_threads=grad_threads)
+    sharding = Sharding.create(jax.devices()[:1])
+    module = create_model(config)
+    tx = create_tx(config)
+    split, state = init_state(module, tx, "pre", sharding, carry=module.zero_state(8))
+    first, second = _batch("easy", 8, 0), _batch("easy", 8, 1)
+    copy = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731 - the step donates its input state
+    with make_train_step(split, tx, sharding, batch_size=8, length=8, grad_threads=grad_threads) as step:
+        params0 = copy(state.params)
+        after_first, _ = step(state, sharding.put_batch(first))
+        # The carry is the first batch's final states, from zero, under the parameters before the update.
+        _, expected = split.merge(params0).forward_state(first["tokens"], first["lengths"], "pre",
+                                                         module.zero_state(8))
+        np.testing.assert_allclose(np.asarray(after_first.carry), np.asarray(expected), rtol=1e-5, atol=1e-6)
+        params1, carry1 = copy(after_first.params), np.array(after_first.carry)
+        _, loss = step(after_first, sharding.put_batch(second))
+    # The second batch's loss is that of its sequences started from those states (under the updated params).
+    want, _ = loss_fn(params1, split, {**second, "initial_state": carry1})
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    zero, _ = loss_fn(params1, split, second)
+    assert float(loss) != pytest.approx(float(zero), rel=1e-3)
+
+
+def test_a_noisy_start_is_drawn_from_the_seed_and_the_step(tmp_path, easy_data_dir):
+    from pipelines.engine.session import Session
+
+    config = TrainConfig(model="lstm", difficulty="easy", batch_size=16, initial_state="noise", noise_std=0.5,
+                         data_dir=easy_data_dir, workdir=str(tmp_path), grad_threads=1)
+    with Session.open(config) as s:
+        a = s.next_batch()["initial_state"]
+        s.step = 1
+        b = s.next_batch()["initial_state"]
+    with Session.open(config) as s:
+        again = s.next_batch()["initial_state"]
+    assert a.shape == (16, 128) and np.array_equal(np.asarray(a), np.asarray(again))
+    assert not np.allclose(np.asarray(a), np.asarray(b)) and 0.4 < float(jnp.std(a)) < 0.6
+
+
+def test_recipes_refused_where_a_model_cannot_take_them():
+    with pytest.raises(ValueError, match="initial_state 'passed' needs a model whose state can be set"):
+        TrainConfig(model="transformer", initial_state="passed").validate()
+    with pytest.raises(ValueError, match="unknown initial_state 'random'; choose one of: zero, noise, passed"):
+        TrainConfig(initial_state="random").validate()
+    with pytest.raises(ValueError, match="noise_std must be a number >= 0"):
+        TrainConfig(initial_state="noise", noise_std=-1.0).validate()
+    with pytest.raises(ValueError, match="omega .* needs a model that defines it; 'lstm' does not"):
+        TrainConfig(omega=4.0).validate()
+
+
+def test_split_model_of_zero_regulariser_keeps_the_plain_loss():
+    module = SequenceClassifier("rnn", hidden=4, rngs=nnx.Rngs(0))
+    split, params = SplitModel.of(module, "pre")
+    batch = _batch("easy", 4, 0)
+    loss, (logits, losses, final) = loss_fn(params, split, batch)
+    assert final is None and float(loss) == pytest.approx(float(losses.mean()))
+    state = init_state(module, create_tx(TrainConfig(model="rnn")), "pre", Sharding.create(jax.devices()[:1]))[1]
+    assert train_step(split, create_tx(TrainConfig(model="rnn")), state, batch)[0].carry is None
