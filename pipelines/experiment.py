@@ -73,7 +73,7 @@ BUDGETS = {"easy": 8_000, "normal": 16_000, "moderate": 20_000, "hard": 20_000, 
 3,200 normal, 4,160 moderate, 3,840 hard, 16,320 nightmare, 10,880 exp6b), so "not solved" means something."""
 CHECK_EVERY = {"easy": 320, "normal": 320, "moderate": 320, "hard": 320, "nightmare": 1920, "exp6b": 640}
 """Training sequences between two validation checks, per level (a nightmare check costs 5x a hard one)."""
-LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000)
+LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000, 10000)
 """Longest sequences of the suite's scaled configs that models trained on hard are evaluated on."""
 LENGTHGEN_LIMIT = 1024
 """Test sequences evaluated per suite config (a Transformer's attention at length 5,000 is costly on a CPU)."""

@@ -49,7 +49,7 @@ MAX_EXCLUDED_SHARE = 0.5
 DEFAULT_TRAIN_SIZE = 100_000
 DEFAULT_VALIDATION_SIZE = 10_000
 DEFAULT_TEST_SIZE = 10_000
-DEFAULT_SUITE_LENGTHS: tuple[int, ...] = (200, 500, 1000, 2000, 5000)
+DEFAULT_SUITE_LENGTHS: tuple[int, ...] = (200, 500, 1000, 2000, 5000, 10000)
 """Longest lengths of a level's length-generalisation suite (those longer than the level's own)."""
 
 CONFIG_JSON_KEYS = ("level", "length", "positions", "scale", "train_size", "validation_size", "test_size", "seed",
