@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from pipelines.engine import reporting, trials
@@ -29,6 +30,7 @@ from pipelines.engine.flags import non_negative_int, positive_float, positive_in
 from pipelines.engine.session import ensure_built
 from pipelines.engine.study import Study
 from qrsu_data.splits import SplitSpec
+from qrsu_models import lstm1997
 
 EXPERIMENTS = ("6a", "6b")
 PAPER = trials.PAPER_TABLE_9
@@ -76,7 +78,9 @@ def markdown(result: dict) -> str:
         "",
         f"Config `{settings['config']}`, {settings['trials']} trials (seeds {settings['seed']}.."
         f"{settings['seed'] + settings['trials'] - 1}), {settings['gradient']} gradient, online SGD lr "
-        f"{settings['lr']:g}, gate biases on the {settings['biased_gate']} gates, budget "
+        f"{settings['lr']:g}, gate biases on the {settings['biased_gate']} gates, g and h ranges as the paper's "
+        f"{'Table 10 legend' if settings.get('squash') == 'table10' else 'text'}, {settings.get('dtype', 'float32')}, "
+        f"budget "
         + (f"{settings['budget']:,} sequences per trial." if settings["budget"] else "the whole train split."),
         f"Stop rule: {result['stop_rule']}.",
         "",
@@ -149,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--error-window", type=positive_int, default=2000,
                    help="the stop rule's mean training error is over this many most recent sequences (the paper "
                         "does not say; default 2000, the window of its other condition)")
+    p.add_argument("--squash", default="text", choices=list(lstm1997.SQUASHES),
+                   help="ranges of the squashing functions: text (g in [-2, 2], h in [-1, 1], as the paper's text "
+                        "says) or table10 (swapped, as its Table 10's legend says)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="arithmetic precision of the trials (float64: the precision reading)")
     p.add_argument("--config", default=None, help="dataset config (default: hard for 6a, exp6b-train2000000 for "
                    "6b); built first if missing")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QRSU_DATA_DIR, else ~/qrsu_data)")
@@ -180,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed, "gradient": args.gradient, "budget": args.budget,
                 "lr": args.lr or DEFAULTS[exp]["lr"], "biased_gate": args.biased_gate,
                 "error_window": args.error_window}
+    # Readings added since the first version: in the settings only when asked, so that earlier studies resume.
+    if args.squash != "text":
+        settings["squash"] = args.squash
+    if args.dtype != "float32":
+        settings["dtype"] = args.dtype
+        jax.config.update("jax_enable_x64", True)  # before any array is made
     study = Study(args.out or f"results/replicate-{exp}", KIND, settings)
     return guarded(lambda: replicate(study, args))
 
@@ -218,7 +233,8 @@ def _train_and_test(settings: dict, args: argparse.Namespace) -> dict:
     learner = trials.lstm1997_learner(
         num_classes=trials.num_classes_of(config), gradient=settings["gradient"],
         method="rtrl" if settings["gradient"] == "truncated" else "autodiff", loss="squared_error",
-        tx=trials.optimizer("sgd", settings["lr"]), biased_gate=settings["biased_gate"])
+        tx=trials.optimizer("sgd", settings["lr"]), biased_gate=settings["biased_gate"],
+        squash=lstm1997.SQUASHES[settings.get("squash", "text")], dtype=settings.get("dtype", "float32"))
     seeds = trials.trial_seeds(settings["seed"], settings["trials"])
     print(f"Experiment {exp}: {len(seeds)} trials side by side on {config!r} ({len(train):,} training sequences, "
           f"at most {min(budget, len(train)):,} per trial), lr {settings['lr']:g}, {settings['gradient']} gradient",

@@ -119,24 +119,27 @@ def _sigmoid(x: jax.Array) -> jax.Array:
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-def _g(x: jax.Array) -> jax.Array:
-    """The cell-input squashing g(x) = 4 sigmoid(x) - 2, range [-2, 2]."""
-    return 4.0 * _sigmoid(x) - 2.0
+SQUASH = (2.0, 1.0)
+"""The squashing functions' half-ranges (g, h): g(x) = 4 sigmoid(x) - 2 in [-2, 2] and h(x) = 2 sigmoid(x) - 1 in
+[-1, 1], as the paper's text gives them; its Table 10 legend swaps them, (1.0, 2.0)."""
+SQUASHES: dict[str, tuple[float, float]] = {"text": SQUASH, "table10": (1.0, 2.0)}
+"""Readings of the paper for the ranges of g and h: 'text' (g in [-2, 2], h in [-1, 1]), 'table10' (swapped)."""
 
 
-def _h(x: jax.Array) -> jax.Array:
-    """The cell-output squashing h(x) = 2 sigmoid(x) - 1, range [-1, 1]."""
-    return 2.0 * _sigmoid(x) - 1.0
+def _squashed(x: jax.Array, half_range: float) -> jax.Array:
+    """2 a sigmoid(x) - a, range [-a, a]: the paper's g (a = 2 in its text) and h (a = 1)."""
+    return 2.0 * half_range * _sigmoid(x) - half_range
 
 
-def _activate(net: jax.Array, s: jax.Array, blocks: int, cpb: int) -> tuple[jax.Array, ...]:
+def _activate(net: jax.Array, s: jax.Array, blocks: int, cpb: int,
+              squash: tuple[float, float] = SQUASH) -> tuple[jax.Array, ...]:
     """One step's activations from its net inputs [..., H] and the previous cell states s [..., n]."""
     cells = blocks * cpb
     net_c, net_in, net_out = net[..., :cells], net[..., cells:cells + blocks], net[..., cells + blocks:]
     y_in, y_out = _sigmoid(net_in), _sigmoid(net_out)
     y_in_c, y_out_c = jnp.repeat(y_in, cpb, axis=-1), jnp.repeat(y_out, cpb, axis=-1)  # each cell's gates
-    s_new = s + y_in_c * _g(net_c)
-    y_c = y_out_c * _h(s_new)
+    s_new = s + y_in_c * _squashed(net_c, squash[0])
+    y_c = y_out_c * _squashed(s_new, squash[1])
     return jnp.concatenate([y_c, y_in, y_out], axis=-1), s_new, (net_c, y_in_c, y_out_c)
 
 
@@ -144,26 +147,27 @@ def _check_gradient(gradient: str) -> str:
     return _check_choice("gradient", gradient, GRADIENTS)
 
 
-def final_state(params: Params, ids: jax.Array, mask: jax.Array, gradient: str = "truncated"
-                ) -> tuple[jax.Array, jax.Array]:
+def final_state(params: Params, ids: jax.Array, mask: jax.Array, gradient: str = "truncated",
+                squash: tuple[float, float] = SQUASH) -> tuple[jax.Array, jax.Array]:
     """(y [H], s [n]) after the last real step of one right-aligned sequence (ids, mask [T])."""
     _check_gradient(gradient)
     blocks, cpb = sizes(params)
     hidden_units, cells = params["w_y"].shape[0], blocks * cpb
     # [T, H]: the input and bias part of every net input. A one-hot product rather than a gather, so that an id
     # outside [0, V) is no input at all, in the forward pass and in the gradient alike.
-    xproj = jax.nn.one_hot(ids, params["w_x"].shape[0], dtype=jnp.float32) @ params["w_x"] + params["b"]
+    dtype = params["b"].dtype  # float32, or float64 for the replication's precision reading
+    xproj = jax.nn.one_hot(ids, params["w_x"].shape[0], dtype=dtype) @ params["w_x"] + params["b"]
 
     def step(carry, inputs):
         y, s = carry
         xp, m = inputs
         # The truncation: no error flows back through y(t-1) where it enters a net input.
         y_prev = jax.lax.stop_gradient(y) if gradient == "truncated" else y
-        y_new, s_new, _ = _activate(xp + y_prev @ params["w_y"], s, blocks, cpb)
+        y_new, s_new, _ = _activate(xp + y_prev @ params["w_y"], s, blocks, cpb, squash)
         # A padded step leaves everything as it was (the net is not at rest under zero input).
         return (jnp.where(m, y_new, y), jnp.where(m, s_new, s)), None
 
-    init = (jnp.zeros((hidden_units,), jnp.float32), jnp.zeros((cells,), jnp.float32))
+    init = (jnp.zeros((hidden_units,), dtype), jnp.zeros((cells,), dtype))
     (y, s), _ = jax.lax.scan(step, init, (xproj, mask))
     return y, s
 
@@ -174,25 +178,27 @@ def output_logits(params: Params, y: jax.Array) -> jax.Array:
     return y[..., :cells] @ params["w_o"] + params["b_o"]
 
 
-def sequence_logits(params: Params, ids: jax.Array, mask: jax.Array, gradient: str = "truncated") -> jax.Array:
+def sequence_logits(params: Params, ids: jax.Array, mask: jax.Array, gradient: str = "truncated",
+                    squash: tuple[float, float] = SQUASH) -> jax.Array:
     """Logits [C] of one right-aligned sequence (ids, mask [T])."""
-    y, _ = final_state(params, ids, mask, gradient)
+    y, _ = final_state(params, ids, mask, gradient, squash)
     return output_logits(params, y)
 
 
 def apply(params: Params, tokens: jax.Array, lengths: jax.Array, padding: str = "pre",
-          gradient: str = "truncated") -> jax.Array:
+          gradient: str = "truncated", squash: tuple[float, float] = SQUASH) -> jax.Array:
     """Logits [B, C] of token ids [B, T] with ``lengths`` [B] real tokens per row."""
     layout.check_padding(padding)  # before jit, so that the error names the value
     _check_gradient(gradient)
-    return _apply(params, jnp.asarray(tokens), jnp.asarray(lengths), padding, gradient)
+    return _apply(params, jnp.asarray(tokens), jnp.asarray(lengths), padding, gradient, tuple(squash))
 
 
-@functools.partial(jax.jit, static_argnames=("padding", "gradient"))
-def _apply(params: Params, tokens: jax.Array, lengths: jax.Array, padding: str, gradient: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("padding", "gradient", "squash"))
+def _apply(params: Params, tokens: jax.Array, lengths: jax.Array, padding: str, gradient: str,
+           squash: tuple[float, float] = SQUASH) -> jax.Array:
     # jitted so that eager calls compile once per shape; under an outer jit it is inlined.
     ids, mask = layout.right_aligned(tokens, lengths, padding)
-    return jax.vmap(functools.partial(sequence_logits, params, gradient=gradient))(ids, mask)
+    return jax.vmap(functools.partial(sequence_logits, params, gradient=gradient, squash=squash))(ids, mask)
 
 
 def squared_error(logits: jax.Array, label: jax.Array) -> jax.Array:
@@ -202,11 +208,12 @@ def squared_error(logits: jax.Array, label: jax.Array) -> jax.Array:
 
 
 def loss_and_grad(params: Params, ids: jax.Array, mask: jax.Array, loss_fn: Callable[[jax.Array], jax.Array],
-                  gradient: str = "truncated") -> tuple[jax.Array, jax.Array, Params]:
+                  gradient: str = "truncated", squash: tuple[float, float] = SQUASH
+                  ) -> tuple[jax.Array, jax.Array, Params]:
     """(loss, logits [C], d loss / d params) of one sequence, by autodiff; ``loss_fn(logits) -> scalar``."""
 
     def f(p):
-        logits = sequence_logits(p, ids, mask, gradient)
+        logits = sequence_logits(p, ids, mask, gradient, squash)
         return loss_fn(logits), logits
 
     (loss, logits), grads = jax.value_and_grad(f, has_aux=True)(params)
@@ -214,7 +221,8 @@ def loss_and_grad(params: Params, ids: jax.Array, mask: jax.Array, loss_fn: Call
 
 
 def truncated_loss_and_grad_rtrl(params: Params, ids: jax.Array, mask: jax.Array,
-                                 loss_fn: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array, Params]:
+                                 loss_fn: Callable[[jax.Array], jax.Array], squash: tuple[float, float] = SQUASH
+                                 ) -> tuple[jax.Array, jax.Array, Params]:
     """The truncated gradient by forward-propagated partials ds_c/dw (the paper's own way): equals
     ``loss_and_grad(..., gradient='truncated')``.
 
@@ -227,30 +235,32 @@ def truncated_loss_and_grad_rtrl(params: Params, ids: jax.Array, mask: jax.Array
     blocks, cpb = sizes(params)
     cells = blocks * cpb
     hidden_units, vocab = params["w_y"].shape[0], params["w_x"].shape[0]
+    dtype = params["b"].dtype
+    a_g, a_h = squash
     w = jnp.concatenate([params["w_x"], params["w_y"], params["b"][None]], axis=0)  # [Z, H], z @ w = net
-    onehot = jax.nn.one_hot(ids, vocab, dtype=jnp.float32)  # [T, V]
+    onehot = jax.nn.one_hot(ids, vocab, dtype=dtype)  # [T, V]
 
     def z_of(x, y):
-        return jnp.concatenate([x, y, jnp.ones((1,), jnp.float32)])
+        return jnp.concatenate([x, y, jnp.ones((1,), dtype)])
 
     def step(carry, inputs):
         y, s, p_c, p_in = carry
         x, m = inputs
         z = z_of(x, y)
         net = z @ w
-        y_new, s_new, (net_c, y_in_c, _) = _activate(net, s, blocks, cpb)
+        y_new, s_new, (net_c, y_in_c, _) = _activate(net, s, blocks, cpb, squash)
         sig_c = _sigmoid(net_c)
-        dg = 4.0 * sig_c * (1.0 - sig_c)  # g'(net_c)
+        dg = 2.0 * a_g * sig_c * (1.0 - sig_c)  # g'(net_c)
         d_c = y_in_c * dg  # ds_c / d net_c
-        d_in = (4.0 * sig_c - 2.0) * y_in_c * (1.0 - y_in_c)  # ds_c / d net_in of c's block
+        d_in = (2.0 * a_g * sig_c - a_g) * y_in_c * (1.0 - y_in_c)  # ds_c / d net_in of c's block
         p_c_new = p_c + d_c[:, None] * z[None, :]
         p_in_new = p_in + d_in[:, None] * z[None, :]
         keep = lambda new, old: jnp.where(m, new, old)  # noqa: E731 - a padded step changes nothing
         return (keep(y_new, y), keep(s_new, s), keep(p_c_new, p_c), keep(p_in_new, p_in)), None
 
     z_size = vocab + hidden_units + 1
-    zeros = jnp.zeros((cells, z_size), jnp.float32)
-    init = (jnp.zeros((hidden_units,), jnp.float32), jnp.zeros((cells,), jnp.float32), zeros, zeros)
+    zeros = jnp.zeros((cells, z_size), dtype)
+    init = (jnp.zeros((hidden_units,), dtype), jnp.zeros((cells,), dtype), zeros, zeros)
     # All steps but the last in the loop; the last (always real once right-aligned, when the length is >= 1)
     # is unrolled below because the output gates need its z.
     (y_prev, s_prev, p_c, p_in), _ = jax.lax.scan(step, init, (onehot[:-1], mask[:-1]))
@@ -263,8 +273,8 @@ def truncated_loss_and_grad_rtrl(params: Params, ids: jax.Array, mask: jax.Array
     e_c = params["w_o"] @ dlogits  # dE / dy_c(T)
     y_out_c = jnp.repeat(y_out, cpb)
     sig_s = _sigmoid(s)
-    h_s = 2.0 * sig_s - 1.0
-    ds = e_c * y_out_c * 2.0 * sig_s * (1.0 - sig_s)  # dE / ds_c(T)
+    h_s = 2.0 * a_h * sig_s - a_h
+    ds = e_c * y_out_c * 2.0 * a_h * sig_s * (1.0 - sig_s)  # dE / ds_c(T)
     d_out = (e_c * h_s).reshape(blocks, cpb).sum(1) * y_out * (1.0 - y_out)  # dE / d net_out(T)
     g_cells = (ds[:, None] * p_c).T  # [Z, n]
     g_in = (ds[:, None] * p_in).reshape(blocks, cpb, z_size).sum(1).T  # [Z, blocks]

@@ -139,15 +139,16 @@ def _cross_entropy(logits, label):
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "gradient"))
-def _autodiff(params, ids, mask, labels, *, loss, gradient):
+def _autodiff(params, ids, mask, labels, *, loss, gradient, squash=lstm1997.SQUASH):
     """(loss, logits, grads) of every sequence of a right-aligned batch, by autodiff."""
-    one = lambda i, m, y: lstm1997.loss_and_grad(params, i, m, lambda lg: loss(lg, y), gradient)  # noqa: E731
+    one = lambda i, m, y: lstm1997.loss_and_grad(params, i, m, lambda lg: loss(lg, y), gradient, squash)  # noqa: E731
     return jax.vmap(one)(ids, mask, labels)
 
 
-@functools.partial(jax.jit, static_argnames="loss")
-def _rtrl(params, ids, mask, labels, *, loss):
-    one = lambda i, m, y: lstm1997.truncated_loss_and_grad_rtrl(params, i, m, lambda lg: loss(lg, y))  # noqa: E731
+@functools.partial(jax.jit, static_argnames=("loss", "squash"))
+def _rtrl(params, ids, mask, labels, *, loss, squash=lstm1997.SQUASH):
+    one = lambda i, m, y: lstm1997.truncated_loss_and_grad_rtrl(  # noqa: E731
+        params, i, m, lambda lg: loss(lg, y), squash)
     return jax.vmap(one)(ids, mask, labels)
 
 
@@ -205,6 +206,24 @@ def test_forward_partials_equal_the_autodiff_truncated_gradient(blocks, num_clas
         scale = float(jnp.abs(g1[k]).max())
         assert scale > 0, k
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-3, atol=1e-5 * max(scale, 1.0), err_msg=k)
+
+
+def test_the_table_10_reading_swaps_the_ranges_of_g_and_h_in_both_gradients():
+    params = _params(8, 2, 4, scale=2.0)
+    tokens, lengths, labels = _batch("hard", 3, 4)
+    ids, mask = layout.right_aligned(tokens, lengths, "post")
+    swapped = lstm1997.SQUASHES["table10"]
+    assert swapped == (1.0, 2.0) and lstm1997.SQUASHES["text"] == lstm1997.SQUASH == (2.0, 1.0)
+    l1, lg1, g1 = _autodiff(params, ids, mask, labels, loss=_squared, gradient="truncated", squash=swapped)
+    l2, lg2, g2 = _rtrl(params, ids, mask, labels, loss=_squared, squash=swapped)
+    np.testing.assert_allclose(lg2, lg1, rtol=1e-5, atol=1e-6)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-3, atol=1e-5 * max(float(jnp.abs(g1[k]).max()), 1.0))
+    # A cell that saw one input with net n: s = y_in * g(n); the swap halves g's range and doubles h's.
+    text = lstm1997.final_state(params, ids[0], mask[0])
+    table = lstm1997.final_state(params, ids[0], mask[0], squash=swapped)
+    assert not np.allclose(np.asarray(text[1]), np.asarray(table[1]))
+    assert float(jnp.abs(_autodiff(params, ids, mask, labels, loss=_squared, gradient="truncated")[1] - lg1).max()) > 1e-4
 
 
 # --------------------------------------------------------------------------------------- padding

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -161,6 +163,28 @@ def data(tmp_path_factory):
 def _args(data, out, *extra, config=SMALL):
     return ["--experiment", "6a", "--config", config, "--data-dir", os.fspath(data), "--out", os.fspath(out),
             "--no-progress", *extra]
+
+
+@pytest.mark.slow
+def test_the_precision_and_squashing_readings_run_and_are_recorded(data, tmp_path):
+    # float64 needs jax_enable_x64 from the process's start: a process of its own.
+    code = ("import sys; from pipelines import replicate; sys.exit(replicate.main(sys.argv[1:]))")
+    args = _args(data, tmp_path / "r", "--trials", "2", "--budget", "300", "--dtype", "float64",
+                 "--squash", "table10")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    settings = json.loads((tmp_path / "r" / "results.json").read_text())["settings"]
+    assert settings["dtype"] == "float64" and settings["squash"] == "table10"
+    assert "Table 10 legend, float64" in (tmp_path / "r" / "results.md").read_text()
+    probe = ("import jax; jax.config.update('jax_enable_x64', True)\n"
+             "from pipelines.engine import trials\n"
+             "l = trials.lstm1997_learner(num_classes=4, tx=trials.optimizer('sgd', 0.5), dtype='float64')\n"
+             "print(sorted({str(a.dtype) for a in jax.tree.leaves(l.init(0))}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "['float64']", out.stderr[-2000:]
+    with pytest.raises(ValueError, match="needs jax.config.update"):
+        trials.lstm1997_learner(num_classes=4, tx=trials.optimizer("sgd", 0.5), dtype="float64")
 
 
 def test_replication_end_to_end_and_repeatable(data, tmp_path):

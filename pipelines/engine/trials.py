@@ -142,8 +142,10 @@ def _mean_over_batch(tree: Any) -> Any:
 @functools.lru_cache(maxsize=32)
 def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: str = "truncated",
                      method: str = "rtrl", loss: str = "squared_error", tx: optax.GradientTransformation,
-                     batch_size: int = 1, biased_gate: str = "input") -> Learner:
-    """The 1997 LSTM; ``method`` 'rtrl' (forward partials, truncated only) or 'autodiff' computes the gradient."""
+                     batch_size: int = 1, biased_gate: str = "input",
+                     squash: tuple[float, float] = lstm1997.SQUASH, dtype: str = "float32") -> Learner:
+    """The 1997 LSTM; ``method`` 'rtrl' (forward partials, truncated only) or 'autodiff' computes the gradient;
+    ``squash`` the half-ranges of g and h; ``dtype`` 'float64' (needs ``jax_enable_x64``) the precision."""
     if method not in ("rtrl", "autodiff"):
         raise ValueError(f"unknown method {method!r}; choose one of: rtrl, autodiff")
     if method == "rtrl" and gradient != "truncated":
@@ -151,15 +153,22 @@ def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: s
     blocks = blocks or lstm1997.default_blocks(num_classes)
     loss_of = sequence_loss(loss)
 
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: float32, float64")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype 'float64' needs jax.config.update('jax_enable_x64', True) before any array is made")
+
     def init(seed: int):
-        return lstm1997.init_params(jax.random.key(seed), blocks=blocks, num_classes=num_classes,
-                                    biased_gate=biased_gate)
+        # The same initial weights at either precision: drawn in float32, then cast.
+        params = lstm1997.init_params(jax.random.key(seed), blocks=blocks, num_classes=num_classes,
+                                      biased_gate=biased_gate)
+        return jax.tree.map(lambda a: a.astype(dtype), params)
 
     def one(params, ids, mask, label):
         fn = lambda logits: loss_of(logits, label)  # noqa: E731
         if method == "rtrl":
-            return lstm1997.truncated_loss_and_grad_rtrl(params, ids, mask, fn)
-        return lstm1997.loss_and_grad(params, ids, mask, fn, gradient)
+            return lstm1997.truncated_loss_and_grad_rtrl(params, ids, mask, fn, squash)
+        return lstm1997.loss_and_grad(params, ids, mask, fn, gradient, squash)
 
     def grad(params, tokens, lengths, labels):
         ids, mask = layout.right_aligned(tokens, lengths, "pre")
@@ -167,7 +176,7 @@ def lstm1997_learner(*, num_classes: int, blocks: int | None = None, gradient: s
         return losses, logits, _mean_over_batch(grads)
 
     def predict(params, tokens, lengths):
-        return lstm1997.apply(params, tokens, lengths, "pre", gradient)
+        return lstm1997.apply(params, tokens, lengths, "pre", gradient, squash)
 
     return Learner(init, grad, predict, tx, batch_size)
 
@@ -264,14 +273,14 @@ def _make_chunk_fn(learner: Learner, rule: StopRule):
             updates, opt_state = learner.tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             # The streak of consecutive correct sequences, in reading order.
-            last_wrong = jnp.max(jnp.where(ok, -1, jnp.arange(bs)))
-            streak = jnp.where(last_wrong < 0, state["streak"] + bs, bs - 1 - last_wrong)
+            last_wrong = jnp.max(jnp.where(ok, -1, jnp.arange(bs, dtype=jnp.int32)))
+            streak = jnp.where(last_wrong < 0, state["streak"] + bs, bs - 1 - last_wrong).astype(jnp.int32)
             seen = state["seen"] + bs
             holds = streak >= window
             new = {"params": params, "opt_state": opt_state, "streak": streak, "seen": seen}
             if kept:
                 slots = (state["seen"] + jnp.arange(bs)) % kept
-                errors = state["errors"].at[slots].set(losses)
+                errors = state["errors"].at[slots].set(losses.astype(state["errors"].dtype))
                 holds &= jnp.sum(errors) / jnp.minimum(seen, kept) < rule.max_error  # unread slots hold 0
                 new["errors"] = errors
             new["stopped"] = holds
