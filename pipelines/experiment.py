@@ -32,6 +32,7 @@ from pipelines.engine.session import ensure_built
 from pipelines.engine.sharding import Sharding
 from pipelines.engine.solving import RunResult, RunSpec, model_with_params, run_one, save_params, write_events
 from pipelines.engine.study import Study, StudyError
+from pipelines.engine.tuning import SearchSpace, TunedPlan
 from qrsu_data import splits, store, task
 from qrsu_models import registry
 
@@ -45,6 +46,8 @@ class Family:
     lrs: tuple[float, ...]
     init: str
     options: tuple[tuple[str, object], ...] = ()
+    space: SearchSpace = SearchSpace()
+    """What the tuned protocol searches over for this family."""
 
     def options_json(self) -> str:
         """The family's model options beyond its width, as RunSpec stores them."""
@@ -63,7 +66,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba", 48, (1e-3, 3e-3, 1e-2), "the paper's: A_n = -(n+1) (S4D-real), Delta log-uniform in "
            "[0.001, 0.1], D = 1"),
     Family("transformer", 64, (5e-4, 1e-3, 2e-3), "flax's Linear and Embed defaults, LayerNorm at 1 and 0; "
-           "rotary positions, nothing learned about position"),
+           "rotary positions, nothing learned about position",
+           space=SearchSpace(lr=(3e-5, 1e-2), warmup=(0, 1000))),
 )}
 """The families of the default grid, each at about 20k-60k parameters (the LSTM at hidden 64 has 18,948)."""
 
@@ -77,9 +81,19 @@ LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000, 10000)
 """Longest sequences of the suite's scaled configs that models trained on hard are evaluated on."""
 LENGTHGEN_LIMIT = 1024
 """Test sequences evaluated per suite config (a Transformer's attention at length 5,000 is costly on a CPU)."""
+PROTOCOLS = ("tuned", "grid")
+"""'tuned' (version 2, the default): per (family, level) an Optuna search over the learning rate, the weight
+decay (and the Transformer's warm-up), then 5 final seeds at the best configuration (pipelines.engine.tuning);
+'grid' (version 1): a learning-rate grid on the first seed, then the other seeds at the best rate."""
+TUNED_BUDGETS = {"easy": 10_000, "normal": 30_000, "moderate": 50_000, "hard": 100_000, "nightmare": 100_000,
+                 "exp6b": 150_000}
+"""Version 2: training sequences a run may use, per level, the same for every family: at least 5x the slowest
+solved median of any family on the level, and at least 100,000 on hard and exp6b (docs/leaderboard.md)."""
+TUNED_CHECK_EVERY = {"easy": 320, "normal": 640, "moderate": 1280, "hard": 1600, "nightmare": 3200, "exp6b": 1600}
+"""Version 2: training sequences between two validation checks (about 60 checks in a budget)."""
 QUICK = {"cells": ["lstm", "gru"], "levels": ["easy"], "budget": 3200, "check_every": 320,
-         "lengthgen_level": "easy", "lengthgen_lengths": [16, 32]}
-"""--quick: the same protocol on two families and the easy level, for the tests."""
+         "lengthgen_level": "easy", "lengthgen_lengths": [16, 32], "protocol": "grid"}
+"""--quick: the learning-rate grid on two families and the easy level, for the tests."""
 
 
 KIND = "experiment"
@@ -142,8 +156,10 @@ class Grid:
     def spec(self, cell: str, level: str, lr: float, seed: int) -> RunSpec:
         """The run of ``cell`` on ``level`` at ``lr`` from ``seed``."""
         f = family(cell)
-        return RunSpec(cell, level, seed, budget=self.args.budget or BUDGETS.get(level, 20_000),
-                       check_every=self.args.check_every or CHECK_EVERY.get(level, 320),
+        tuned = self.args.protocol == "tuned"
+        budgets, checks = (TUNED_BUDGETS, TUNED_CHECK_EVERY) if tuned else (BUDGETS, CHECK_EVERY)
+        return RunSpec(cell, level, seed, budget=self.args.budget or budgets.get(level, 100_000 if tuned else 20_000),
+                       check_every=self.args.check_every or checks.get(level, 1600 if tuned else 320),
                        batch_size=self.args.batch_size, lr=lr, clip_norm=self.args.clip_norm,
                        hidden=self.args.hidden or f.hidden, grad_threads=self.args.grad_threads,
                        model_options=f.options_json(), bucket_width=self.args.bucket_width,
@@ -167,10 +183,23 @@ class Grid:
         return [(c, lv) for lv in self.args.levels for c in self.args.cells]
 
     def total(self) -> int:
-        """How many tasks the grid holds: its runs, and the evaluations at length of the chosen rates' models."""
-        seeds = self.args.seeds
-        return sum(len(self.lrs(c)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
-                   + (len(seeds) if self.lengthgen_configs(lv) else 0) for c, lv in self.pairs())
+        """How many tasks the grid holds: its runs, and the evaluations at length of its rows' models."""
+        seeds, out = self.args.seeds, 0
+        for cell, level in self.pairs():
+            if self.args.protocol == "tuned":
+                out += self.args.configs * len(self.args.search_seeds) + len(seeds)
+            else:
+                out += len(self.lrs(cell)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
+            out += len(seeds) if self.lengthgen_configs(level) else 0
+        return out
+
+    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir):
+        """The plan of (``cell``, ``level``) under the protocol: a learning-rate grid or a tuned search."""
+        if self.args.protocol == "grid":
+            return CellPlan(self, cell, level, done, data_dir)
+        return TunedPlan(self.spec(cell, level, family(cell).lrs[0], 0), family(cell).space, done,
+                         configs=self.args.configs, wave=self.args.wave, search_seeds=self.args.search_seeds,
+                         final_seeds=self.args.seeds, data_dir=data_dir)
 
     def lengthgen_configs(self, level: str) -> list[str]:
         """The suite configs the models trained on ``level`` are evaluated on (none off the lengthgen level)."""
@@ -198,19 +227,16 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
 
 
 class CellPlan:
-    """One (family, level) of the grid: its learning rates on the selection seeds, then its other seeds at the
-    rate chosen on validation; on the length-generalisation level, each trained model's evaluation at length."""
+    """One (family, level) of the learning-rate grid: its learning rates on the selection seeds, then its other
+    seeds at the rate chosen on validation."""
 
-    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], evaluated: set[str],
-                 params_of: Callable[[RunSpec], dict | None], data_dir):
+    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], data_dir):
         self.grid, self.cell, self.level, self.data_dir = grid, cell, level, data_dir
         every = [*grid.selection_specs(cell, level),
                  *(s for lr in grid.lrs(cell) for s in grid.chosen_specs(cell, level, lr))]
         self.results = {s.key: done[s.key] for s in every if s.key in done}
-        self.evaluated, self.params_of = set(evaluated), params_of
         self.handed: set[str] = set()
         self.stage1 = grid.selection_specs(cell, level)
-        self.configs = grid.lengthgen_configs(level)
         self.lr: float | None = None
 
     def specs(self) -> list[RunSpec]:
@@ -219,36 +245,68 @@ class CellPlan:
             self.lr = leaderboard.select([self.results[s.key] for s in self.stage1])[(self.cell, self.level)].lr
         return self.stage1 + (self.grid.chosen_specs(self.cell, self.level, self.lr) if self.lr is not None else [])
 
-    def _chosen(self, spec: RunSpec) -> bool:
-        return self.lr is not None and spec.lr == self.lr
+    def row_specs(self) -> list[RunSpec]:
+        """The runs of the table's row: every seed at the chosen rate (none before it is chosen)."""
+        return [s for s in self.specs() if self.lr is not None and s.lr == self.lr]
 
     def ready(self) -> list[Job]:
-        """Runs not done nor handed out; evaluations of the chosen rate's trained models."""
-        jobs = []
-        for spec in self.specs():
-            if spec.key not in self.results and spec.key not in self.handed:
-                jobs.append(Job(spec.key, run_one, (spec, self.data_dir)))
-            elif (self.configs and spec.key in self.results and self._chosen(spec)
-                  and spec.key not in self.evaluated and "eval:" + spec.key not in self.handed):
-                params = self.params_of(spec)
-                if params is not None:
-                    jobs.append(Job("eval:" + spec.key, evaluate_lengths, (spec, params, self.configs, self.data_dir)))
+        """Runs not done nor handed out."""
+        jobs = [Job(s.key, run_one, (s, self.data_dir)) for s in self.specs()
+                if s.key not in self.results and s.key not in self.handed]
         self.handed.update(j.key for j in jobs)
         return jobs
 
     def finished(self, job: Job, outcome: Any) -> None:
-        """Records a finished run or evaluation of this plan."""
-        if job.key.startswith("eval:") and job.key[5:] in self.results:
-            self.evaluated.add(job.key[5:])
-        elif job.key in {s.key for s in self.specs()}:
+        """Records a finished run of this plan."""
+        if job.key in {s.key for s in self.specs()}:
             self.results[job.key] = outcome[0]
 
     @property
     def done(self) -> bool:
-        """Every run done, and every evaluation at length."""
-        specs = self.specs()
-        return all(s.key in self.results for s in specs) and (
-            not self.configs or all(s.key in self.evaluated for s in specs if self._chosen(s)))
+        """Every run done."""
+        return all(s.key in self.results for s in self.specs())
+
+    def finished_count(self) -> int:
+        """How many of its runs are done."""
+        return sum(s.key in self.results for s in self.specs())
+
+
+class LengthPlan:
+    """The evaluations at length of the models in a plan's row (the chosen configuration's seeds), each a task
+    once its run has finished."""
+
+    def __init__(self, source, configs: list[str], evaluated: set[str], params_of, data_dir):
+        self.source, self.configs, self.params_of, self.data_dir = source, configs, params_of, data_dir
+        self.evaluated, self.handed = set(evaluated), set()
+
+    def _finished_rows(self) -> list[RunSpec]:
+        return [s for s in self.source.row_specs() if s.key in self.source.results]
+
+    def ready(self) -> list[Job]:
+        """An evaluation per finished model of the row not evaluated nor handed out."""
+        jobs = []
+        for spec in self._finished_rows():
+            if spec.key not in self.evaluated and spec.key not in self.handed:
+                params = self.params_of(spec)
+                if params is not None:
+                    jobs.append(Job("eval:" + spec.key, evaluate_lengths, (spec, params, self.configs,
+                                                                           self.data_dir)))
+        self.handed.update(j.key[5:] for j in jobs)
+        return jobs
+
+    def finished(self, job: Job, outcome: Any) -> None:
+        """Records a finished evaluation."""
+        if job.key.startswith("eval:") and job.key[5:] in self.handed:
+            self.evaluated.add(job.key[5:])
+
+    @property
+    def done(self) -> bool:
+        """The source's runs all done, and every model of its row evaluated."""
+        return self.source.done and all(s.key in self.evaluated for s in self.source.row_specs())
+
+    def finished_count(self) -> int:
+        """How many evaluations are done."""
+        return len({s.key for s in self.source.row_specs()} & self.evaluated)
 
 
 class Driver:
@@ -292,15 +350,27 @@ def parser() -> argparse.ArgumentParser:
                         f"(default: {' '.join(FAMILIES)})")
     p.add_argument("--levels", nargs="+", default=list(task.LEVELS), metavar="CONFIG",
                    help=f"dataset configs (default: {' '.join(task.LEVELS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--protocol", default="tuned", choices=PROTOCOLS,
+                   help="tuned (version 2, default): an Optuna search per family and level, then --seeds at the "
+                        "best configuration; grid (version 1): --lrs on the first --lr-seeds seeds, then the other "
+                        "seeds at the best rate")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="the seeds of the table's runs (default: 0 1 2 3 4 tuned, 0 1 2 grid)")
+    p.add_argument("--configs", type=int, default=8, help="tuned: configurations the search tries (default 8)")
+    p.add_argument("--search-seeds", nargs="+", type=int, default=[100, 101],
+                   help="tuned: the seeds each configuration of the search runs on (default 100 101)")
+    p.add_argument("--wave", type=int, default=2, help="tuned: configurations proposed at once (default 2)")
     p.add_argument("--lr-seeds", type=int, default=1,
-                   help="how many of the first --seeds try every learning rate (the others run at the chosen one)")
+                   help="grid: how many of the first --seeds try every learning rate (the others run at the chosen "
+                        "one)")
     p.add_argument("--lrs", nargs="+", type=float, default=None,
-                   help="learning rates to try (default: each family's grid, e.g. 1e-3 2e-3 4e-3 for the LSTM)")
-    p.add_argument("--budget", type=int, default=None, help="training sequences per run (default: per level, "
+                   help="grid: learning rates to try (default: each family's grid, e.g. 1e-3 2e-3 4e-3 for the LSTM)")
+    p.add_argument("--budget", type=int, default=None, help="training sequences per run (default: per level; "
+                   "tuned: " + ", ".join(f"{k} {v:,}" for k, v in TUNED_BUDGETS.items()) + "; grid: "
                    + ", ".join(f"{k} {v:,}" for k, v in BUDGETS.items()) + ")")
     p.add_argument("--check-every", type=int, default=None, help="training sequences between validation checks "
-                   "(default: per level, " + ", ".join(f"{k} {v:,}" for k, v in CHECK_EVERY.items()) + ")")
+                   "(default: per level; tuned: " + ", ".join(f"{k} {v:,}" for k, v in TUNED_CHECK_EVERY.items())
+                   + "; grid: " + ", ".join(f"{k} {v:,}" for k, v in CHECK_EVERY.items()) + ")")
     p.add_argument("--clip-norm", type=float, default=1.0)
     p.add_argument("--hidden", type=int, default=None, help="width of every family (default: each family's)")
     p.add_argument("--batch-size", type=int, default=16,
@@ -339,6 +409,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    if args.seeds is None:
+        args.seeds = [0, 1, 2, 3, 4] if args.protocol == "tuned" else [0, 1, 2]
+    if args.protocol == "tuned" and (args.lrs or args.lr_seeds != 1):
+        raise ValueError("--lrs and --lr-seeds belong to --protocol grid; the tuned protocol searches the learning "
+                         "rate itself (docs/leaderboard.md)")
+    for name in ("configs", "wave"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.protocol == "tuned" and (set(args.search_seeds) & set(args.seeds)
+                                     or len(set(args.search_seeds)) != len(args.search_seeds)):
+        raise ValueError(f"--search-seeds must be distinct and apart from --seeds (the final seeds run after the "
+                         f"search chose on the others), got {args.search_seeds} and {args.seeds}")
     for cell in args.cells:
         registry.get(cell)  # ValueError naming the valid models
     for i, level in enumerate(args.levels):
@@ -389,30 +471,32 @@ def run_grid(args: argparse.Namespace) -> int:
         done = results_of(study)
         pairs = grid.pairs()
         # Refused before anything trains: a run of the same key saved with other settings.
-        study.check_runs({s.key: dataclasses.asdict(s) for c, lv in pairs for lr in grid.lrs(c)
-                          for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]},
-                         defaults={f.name: f.default for f in dataclasses.fields(RunSpec)
-                                   if f.default is not dataclasses.MISSING})
+        defaults = {f.name: f.default for f in dataclasses.fields(RunSpec) if f.default is not dataclasses.MISSING}
+        if args.protocol == "grid":
+            study.check_runs({s.key: dataclasses.asdict(s) for c, lv in pairs for lr in grid.lrs(c)
+                              for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]}, defaults)
         for level in dict.fromkeys(lv for _, lv in pairs):
             ensure_built(splits.SplitSpec.parse(level), args.data_dir)  # once, before the workers share it
         driver = Driver(study, keep_params=bool(args.lengthgen_lengths))
         evaluated = {p.stem for p in study.path("lengthgen").glob("*.json")}
-        plans = [CellPlan(grid, c, lv, done, evaluated, driver.params_of, args.data_dir) for c, lv in pairs]
-        finished_before = sum(1 for plan in plans for s in plan.specs() if s.key in done)
+        plans = [grid.plan(c, lv, done, args.data_dir) for c, lv in pairs]
+        if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
+            study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
+        plans += [LengthPlan(plan, grid.lengthgen_configs(lv), evaluated, driver.params_of, args.data_dir)
+                  for plan, (_, lv) in zip(list(plans), pairs) if grid.lengthgen_configs(lv)]
+        finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
-            print(f"{finished_before} runs are done already in {study.out}.", flush=True)
+            print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
         with Pool(args.workers, args.address) as pool:
             print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
-            failed = pool.run(plans, driver.on_done, total=grid.total(),
-                              done_before=finished_before + sum(len(plan.evaluated & plan.results.keys())
-                                                                for plan in plans if plan.configs))
+            failed = pool.run(plans, driver.on_done, total=grid.total(), done_before=finished_before)
         out = study.out
     table = {}
     if args.lengthgen_lengths and args.lengthgen_level in args.levels:
         table, _ = saved_lengthgen(out)
         table = {c: per for c, per in table.items() if c in args.cells}
     results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
-    lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)})
+    lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)}) if args.protocol == "grid" else None
     print("\n" + leaderboard.write(results, out, args.cells, lrs, table, args.lengthgen_level))
     if table:
         print(leaderboard.lengthgen_table(table, args.lengthgen_level))

@@ -76,7 +76,7 @@ def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsy
     table = (first / "results.md").read_text()
     before = _records(first)
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
-    assert _records(first) == before and "10 runs are done already" in capsys.readouterr().out
+    assert _records(first) == before and "16 tasks are done already" in capsys.readouterr().out
     assert (first / "results.md").read_text() == table
     # Another seed of the same settings: only the new run trains, and the table holds it.
     assert experiment.main(["--quick", "--cells", "lstm", "--seeds", "0", "1", "2", "3", "--data-dir", data_dir,
@@ -138,7 +138,8 @@ def test_every_family_of_the_grid_learns_easy_through_the_protocol(data_dir, tmp
     # (validation at most 1% wrong) and score above 99% on its test split within 3,200 sequences.
     cells = [c for c in experiment.FAMILIES if c not in experiment.QUICK["cells"]]
     out = tmp_path / "all"
-    assert experiment.main(["--cells", *cells, "--levels", "easy", "--seeds", "0", "--lrs", "2e-3", "--budget", "3200",
+    assert experiment.main(["--protocol", "grid", "--cells", *cells, "--levels", "easy", "--seeds", "0", "--lrs",
+                            "2e-3", "--budget", "3200",
                             "--data-dir", data_dir, "--out", os.fspath(out), "--lengthgen-lengths"]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert sorted(r["cell"] for r in rows) == sorted(cells)

@@ -17,9 +17,11 @@ from pipelines import experiment
 pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1", "--budget", "1600",
+TINY = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1",
+        "--budget", "1600",
         "--check-every", "320", "--lengthgen-lengths"]
-SLOW = ["--cells", "lstm", "--levels", "easy", "--lrs", "1e-5", "--seeds", "0", "1", "--budget", "24000",
+SLOW = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-5", "--seeds", "0", "1",
+        "--budget", "24000",
         "--check-every", "320", "--lengthgen-lengths"]
 """Runs that do not solve (lr 1e-5) and so last their whole budget: ~10 s each, time to act on them."""
 

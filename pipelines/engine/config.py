@@ -45,6 +45,8 @@ class TrainConfig:
     difficulty: str = "easy"
     batch_size: int = 32
     lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
     hidden: int = 64
     model_options: dict = dataclasses.field(default_factory=dict)
     optimizer: str = "adam"
@@ -105,6 +107,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 1)
         _check_int("steps_per_epoch", self.steps_per_epoch, 0, "0: one pass over the train split")
         _check_int("bucket_width", self.bucket_width, 0, "0: every batch padded to the level's longest length")
+        _check_int("warmup_steps", self.warmup_steps, 0, "0: the full learning rate from the first step")
         _check_int("seed", self.seed, 0)
         _check_int("grad_threads", self.grad_threads, 0, "0: automatic")
         _check_int("unroll", self.unroll, 0, "0: automatic")
@@ -116,7 +119,7 @@ class TrainConfig:
         if self.omega and not spec.supports("regularizer"):
             raise ValueError(f"omega (Pascanu et al.'s regulariser) needs a model that defines it; {self.model!r} "
                              f"does not. Models that do: {', '.join(registry.with_method('regularizer')) or 'none'}")
-        for name in ("noise_std", "omega"):
+        for name in ("noise_std", "omega", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -213,6 +216,8 @@ _HELP = {
     "batch_size": "global batch size (split across all devices)",
     "lr": "learning rate of the optimizer (the seed notebook used 1e-4, which learns easy but not the long "
           "lags of hard and nightmare)",
+    "weight_decay": "decoupled weight decay of Adam (AdamW, Loshchilov & Hutter 2019); 0: plain Adam",
+    "warmup_steps": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
     "hidden": "model width: hidden units of a recurrent cell, the width of the other families",
     "model_options": "the model's other options as a JSON object, e.g. '{\"layers\": 2}' (docs/models.md)",
     "optimizer": "optimizer",

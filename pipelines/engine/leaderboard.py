@@ -52,6 +52,13 @@ def select(results: list[RunResult], lrs: Sequence[float] | None = None) -> dict
             groups.setdefault((r.cell, r.level), []).append(r)
     out = {}
     for key, runs in groups.items():
+        final = [r for r in runs if r.role == "final"]
+        if final:  # a tuned study: the search chose the configuration, its final seeds are the row
+            out[key] = Selection(final[0].lr, sorted(final, key=lambda r: r.seed), {})
+            continue
+        runs = [r for r in runs if not r.role]  # a learning-rate grid's runs (a search's alone make no row)
+        if not runs:
+            continue
         by_lr: dict[float | None, list[RunResult]] = {}
         for r in runs:
             by_lr.setdefault(r.lr, []).append(r)
@@ -77,7 +84,50 @@ def _span(values: Sequence[int | None]) -> str:
     return "" if not known else f"{known[0]:,}" if len(known) == 1 else f"{known[0]:,}-{known[-1]:,}"
 
 
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def median_summary(runs: Sequence[RunResult], seed: int = 0) -> dict:
+    """Over runs (an unsolved one counts as more than any budget): the median of the sequences to solve, its
+    interquartile range and a percentile-bootstrap 95% interval (None where it lies beyond the budget)."""
+    import numpy as np
+
+    values = np.array([r.sequences_to_solve if r.solved else np.inf for r in runs], np.float64)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))], axis=1)
+
+    def finite(x: float) -> float | None:
+        return None if not np.isfinite(x) else float(x)
+
+    return {"median": finite(np.median(values)), "q1": finite(np.percentile(values, 25, method="lower")),
+            "q3": finite(np.percentile(values, 75, method="higher")),
+            "ci95": (finite(np.percentile(medians, 2.5, method="lower")),
+                     finite(np.percentile(medians, 97.5, method="higher")))}
+
+
+def _count(x: float | None, budget: int | None) -> str:
+    return f"{x:,.0f}" if x is not None else (f"> {budget:,}" if budget else "-")
+
+
+def _final_text(sel: Selection, compact: bool) -> str:
+    runs = sel.runs
+    solved = sum(r.solved for r in runs)
+    budget = max((r.budget or r.sequences_trained for r in runs), default=None)
+    m = median_summary(runs)
+    text = f"{solved}/{len(runs)}, {_count(m['median'], budget)} [{_count(m['ci95'][0], budget)}-" \
+           f"{_count(m['ci95'][1], budget)}]"
+    if solved < len(runs):
+        text += f", budget {budget:,}"
+    if compact:
+        return text
+    acc = _median([r.test_accuracy for r in runs])
+    return (text + f", IQR {_count(m['q1'], budget)}-{_count(m['q3'], budget)}, acc {acc:.3f}"
+            + (f", lr {sel.lr:.2g}" if sel.lr is not None else ""))
+
+
 def _cell_text(sel: Selection, compact: bool = False) -> str:
+    if sel.runs and sel.runs[0].role == "final":
+        return _final_text(sel, compact)
     solved = [r.sequences_to_solve for r in sel.runs if r.solved]
     acc = _median([r.test_accuracy for r in sel.runs])
     text = f"{len(solved)}/{len(sel.runs)}"

@@ -51,6 +51,8 @@ class RunSpec:
     check_every: int
     batch_size: int = 16
     lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
     clip_norm: float = 1.0
     hidden: int = 64
     padding: str = "pre"
@@ -60,6 +62,8 @@ class RunSpec:
     initial_state: str = "zero"
     noise_std: float = 1.0
     omega: float = 0.0
+    role: str = ""  # in a tuned study: 't03' (the search's 4th configuration) or 'final'; '' names it by its lr
+    prune_below: tuple[float, ...] = ()  # see solving.run_one: the accuracy a check must reach to go on
 
     @property
     def recipe(self) -> str:
@@ -71,11 +75,13 @@ class RunSpec:
     @property
     def key(self) -> str:
         """The run's file name in an output folder."""
-        return f"{self.cell.replace(':', '.')}-{self.level}{self.recipe}-lr{self.lr:g}-seed{self.seed}"
+        role = f"-{self.role}" if self.role else f"-lr{self.lr:g}"
+        return f"{self.cell.replace(':', '.')}-{self.level}{self.recipe}{role}-seed{self.seed}"
 
     def config(self, data_dir: str | os.PathLike | None = None) -> TrainConfig:
         """The training configuration of this run."""
         return TrainConfig(model=self.cell, difficulty=self.level, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
                            clip_norm=self.clip_norm, hidden=self.hidden, seed=self.seed, data_dir=data_dir,
                            padding=self.padding, grad_threads=self.grad_threads, workdir=os.devnull,
                            bucket_width=self.bucket_width, initial_state=self.initial_state,
@@ -102,6 +108,8 @@ class RunResult:
     validation_accuracy: float | None = None  # at the last check (the stop decision's figure)
     lr: float | None = None
     ended: str = NOT_SOLVED  # SOLVED, NOT_SOLVED, PRUNED or DIVERGED
+    role: str = ""  # a tuned study's 't03' (a search run) or 'final'; '' in a learning-rate grid
+    budget: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> RunResult:
@@ -133,7 +141,7 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     checks = -(-spec.budget // (steps_per_check * spec.batch_size))  # at least one check runs
     t0 = time.perf_counter()
     with Session.open(config, eval_batch_size=EVAL_BATCH) as session:
-        rule = _StopRule(session, monitor)
+        rule = _StopRule(session, monitor, spec.prune_below)
         try:
             stopped = train_steps(session, checks * steps_per_check, [Every(steps_per_check, rule.check)]) == STOPPED
             ended = SOLVED if rule.solved else PRUNED if stopped else NOT_SOLVED
@@ -147,15 +155,15 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     result = RunResult(spec.cell, spec.level, spec.seed, solved, session.sequences_seen if solved else None,
                        session.sequences_seen, test.metrics()["accuracy"], wrong_of_2560,
                        round(time.perf_counter() - t0, 1), rule.curve, session.parameters, session.state_size,
-                       rule.accuracy, spec.lr, ended)
+                       rule.accuracy, spec.lr, ended, spec.role, spec.budget)
     return result, params
 
 
 class _StopRule:
     """The check of a run: the validation accuracy, screened on its first 2,560 sequences, against SOLVED_ERROR."""
 
-    def __init__(self, session: Session, monitor: Monitor | None):
-        self.session, self.monitor = session, monitor
+    def __init__(self, session: Session, monitor: Monitor | None, prune_below: tuple[float, ...] = ()):
+        self.session, self.monitor, self.prune_below = session, monitor, prune_below
         self.curve: list[tuple[int, float]] = []
         self.accuracy: float | None = None
         self.solved = False
@@ -174,7 +182,10 @@ class _StopRule:
         self.accuracy = accuracy
         self.curve.append((s.sequences_seen, accuracy))
         self.solved = 1.0 - accuracy <= SOLVED_ERROR
-        return self.solved or bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
+        check = len(self.curve) - 1
+        # A tuning run clearly behind the finished runs of its search at this check stops here (pruned).
+        trailing = check < len(self.prune_below) and accuracy < self.prune_below[check]
+        return self.solved or trailing or bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
 
 
 def write_events(result: RunResult, logdir: Path) -> None:

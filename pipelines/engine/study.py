@@ -112,7 +112,9 @@ class Study:
         """StudyError if a run of one of ``asked``'s keys (key -> settings) was saved with other settings.
 
         A setting that a saved record lacks (it was added since) counts as its value in ``defaults``."""
-        saved = {key: {**(defaults or {}), **record["settings"]} for key, record in self.records().items()}
+        asked = json.loads(json.dumps(asked))  # as a record holds them (tuples become lists)
+        defaults = json.loads(json.dumps(defaults or {}))
+        saved = {key: {**defaults, **record["settings"]} for key, record in self.records().items()}
         conflicts = [f"{key} ({'; '.join(_differences(saved[key], settings))})"
                      for key, settings in asked.items() if key in saved and saved[key] != settings]
         if conflicts:
