@@ -196,6 +196,12 @@ register(ModelSpec("mamba", mamba.MambaClassifier, "Mamba: selective SSM (state 
                    "SiLU gate, pre-norm RMSNorm residual blocks", "Gu & Dao 2023"))
 
 
+from qrsu_models import pascanu  # noqa: E402
+
+register(ModelSpec("pascanu_rnn", pascanu.PascanuRNN, "the tanh RNN of Pascanu et al. 2013 (50 units), with their "
+                   "vanishing-gradient regulariser Omega (--omega)", "Pascanu, Mikolov & Bengio 2013"))
+
+
 def _transformer(*, num_classes: int, vocab_size: int, max_length: int, rngs: nnx.Rngs, hidden: int = 64,
                  layers: int = 2, heads: int = 4, mlp: int | float = 1.0, positions: str = "rotary",
                  pool: str = "mean") -> nnx.Module:

@@ -207,3 +207,69 @@ def test_split_model_of_zero_regulariser_keeps_the_plain_loss():
     assert final is None and float(loss) == pytest.approx(float(losses.mean()))
     state = init_state(module, create_tx(TrainConfig(model="rnn")), "pre", Sharding.create(jax.devices()[:1]))[1]
     assert train_step(split, create_tx(TrainConfig(model="rnn")), state, batch)[0].carry is None
+
+
+# ------------------------------------------------------------------------------------------ Pascanu's Omega
+
+
+def _omega_by_hand(model, tokens, lengths, labels):
+    """Omega and its W_hh gradient in float64 NumPy: the forward states, dC/dh_t by an explicit backward loop,
+    then their code's formula (the ratio of squared norms, averaged over the counted steps)."""
+    w_uh, w_hh, b, w_hy, b_y = (np.asarray(p[...], np.float64) for p in
+                                (model.w_uh, model.w_hh, model.b, model.w_hy, model.b_y))
+    batch, steps = tokens.shape
+    start = steps - lengths
+    hs, h = [], np.zeros((batch, model.hidden))
+    for t in range(steps):
+        real = (t >= start)[:, None]
+        x = w_uh[np.where(real[:, 0], tokens[:, t], 0)]
+        h = np.where(real, np.tanh(h @ w_hh + x + b), h)
+        hs.append(h)
+    logits = h @ w_hy + b_y
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(w_hy.shape[1])[labels]) / batch @ w_hy.T  # dC/dh_T of the batch-mean cross-entropy
+    gs = [None] * steps
+    for t in reversed(range(steps)):
+        gs[t] = g
+        real = (t >= start)[:, None]
+        # h_t = tanh(h_{t-1} W + ...) on real steps, h_t = h_{t-1} on held ones.
+        g = np.where(real, (g * (1 - hs[t] ** 2)) @ w_hh.T, g)
+    num, den, grad = 0.0, 0.0, np.zeros_like(w_hh)
+    for t in range(steps):
+        real = t >= start
+        a = gs[t] * (1 - hs[t] ** 2)
+        v = a @ w_hh.T
+        g2 = (gs[t] ** 2).sum(1)
+        counted = real & (g2 >= 1e-20)
+        r = np.where(counted, (v ** 2).sum(1) / np.where(counted, g2, 1), 1.0)
+        num += ((r - 1) ** 2).mean()
+        den += counted.mean()
+        coef = np.where(counted, 2 * (r - 1) * 2 / np.where(counted, g2, 1), 0.0) / batch
+        grad += np.einsum("b,bj,bi->ji", coef, v, a)
+    return num / den, grad / den
+
+
+def test_omega_and_its_gradient_match_a_direct_computation():
+    from qrsu_models.pascanu import PascanuRNN
+
+    model = PascanuRNN(hidden=5, rngs=nnx.Rngs(4))
+    model.w_hh[...] = model.w_hh[...] * 8  # a recurrent matrix far from norm-preserving: Omega well above 0
+    b = task.generate(task.get_level("easy"), 3, np.random.default_rng(5))
+    tokens = padding.pad_sequences(b.sequences(), 10, "pre")
+    value = float(model.regularizer(tokens, b.lengths, "pre", b.labels))
+    grads = nnx.grad(lambda m: m.regularizer(tokens, b.lengths, "pre", b.labels))(model)
+    want_value, want_grad = _omega_by_hand(model, np.where(tokens == task.PAD_ID, 0, tokens), b.lengths, b.labels)
+    assert value == pytest.approx(want_value, rel=1e-4) and value > 0.1
+    np.testing.assert_allclose(np.asarray(grads["w_hh"][...]), want_grad, rtol=2e-3, atol=1e-6)
+    for name in ("w_uh", "b", "w_hy", "b_y"):  # Omega's gradient reaches the recurrent matrix alone
+        assert not np.asarray(grads[name][...]).any(), name
+    # The training loss adds it with its weight: --omega.
+    split, params = SplitModel.of(model, "pre", regularizer=4.0)
+    plain, _ = loss_fn(params, SplitModel.of(model, "pre")[0], _batch_of(b, tokens))
+    weighted, _ = loss_fn(params, split, _batch_of(b, tokens))
+    assert float(weighted) == pytest.approx(float(plain) + 4.0 * value, rel=1e-5)
+
+
+def _batch_of(b, tokens):
+    return {"tokens": tokens, "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)}

@@ -23,7 +23,7 @@ ACCELERATOR_UNROLL = 8
 
 Measured on an H100 (benchmarks/train_throughput.py --unrolls 1 16): 8 ran hard and nightmare 1.6-1.9x faster
 than 1; 16 changed that by -4% to +7% and compiled up to 2.2x longer."""
-OPTIMIZERS = ("adam",)
+OPTIMIZERS = ("adam", "sgd")
 
 CHANGEABLE_ON_RESUME = ("epochs", "log_every", "checkpoint_every", "eval_batch_size", "data_dir", "workdir",
                         "grad_threads", "unroll", "coordinator_address", "process_id", "distributed",
@@ -220,7 +220,8 @@ _HELP = {
     "warmup_steps": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
     "hidden": "model width: hidden units of a recurrent cell, the width of the other families",
     "model_options": "the model's other options as a JSON object, e.g. '{\"layers\": 2}' (docs/models.md)",
-    "optimizer": "optimizer",
+    "optimizer": "optimizer: adam (AdamW with --weight-decay), or sgd (plain gradient descent, no momentum: "
+                 "Pascanu et al. 2013's)",
     "seed": "seed of the model initialisation and of the data order",
     "epochs": "number of epochs; an epoch is one pass over the 100,000-sequence train split "
               "(3,125 batches of 32), where the seed notebook's epoch was 31 freshly generated batches",
