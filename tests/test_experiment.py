@@ -7,6 +7,7 @@ import os
 import pytest
 
 from pipelines import experiment
+from pipelines.engine import grid as grid_lib
 from pipelines.engine import leaderboard, solving
 
 from conftest import read_events
@@ -33,7 +34,7 @@ def test_quick_runs_the_protocol_on_two_families(first):
     assert len(rows) == 10 and {r["cell"] for r in rows} == {"lstm", "gru"}
     for cell in ("lstm", "gru"):
         runs = [r for r in rows if r["cell"] == cell]
-        assert sorted(r["lr"] for r in runs if r["seed"] == 0) == list(experiment.FAMILIES[cell].lrs)
+        assert sorted(r["lr"] for r in runs if r["seed"] == 0) == list(grid_lib.FAMILIES[cell].lrs)
         chosen = {r["lr"] for r in runs if r["seed"] > 0}
         assert len(chosen) == 1 and sorted(r["seed"] for r in runs if r["lr"] in chosen) == [0, 1, 2]
     lstm = [r for r in rows if r["cell"] == "lstm"]
@@ -48,7 +49,7 @@ def test_quick_runs_the_protocol_on_two_families(first):
 
 
 def test_the_learning_rate_is_chosen_on_validation_by_the_stated_rule(first):
-    results = experiment.load_results(first)
+    results = grid_lib.load_results(first)
     for (cell, level), sel in leaderboard.select(results).items():
         seed0 = {r.lr: r for r in results if r.cell == cell and r.seed == 0}
         # Most solved, then fewest sequences to solve, then the highest validation accuracy.
@@ -136,7 +137,7 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
 def test_every_family_of_the_grid_learns_easy_through_the_protocol(data_dir, tmp_path):
     # The families --quick does not cover, each at its stated size through the same code: each must solve easy
     # (validation at most 1% wrong) and score above 99% on its test split within 3,200 sequences.
-    cells = [c for c in experiment.FAMILIES if c not in experiment.QUICK["cells"]]
+    cells = [c for c in grid_lib.FAMILIES if c not in experiment.QUICK["cells"]]
     out = tmp_path / "all"
     assert experiment.main(["--protocol", "grid", "--cells", *cells, "--levels", "easy", "--seeds", "0", "--lrs",
                             "2e-3", "--budget", "3200",
@@ -151,8 +152,13 @@ def test_every_family_of_the_grid_learns_easy_through_the_protocol(data_dir, tmp
 
 
 def test_the_default_grid_has_every_family_on_every_level():
-    grid = experiment.Grid(experiment.parser().parse_args([]))
-    every = {(c, lv) for c in experiment.FAMILIES for lv in experiment.BUDGETS}
-    assert set(grid.pairs()) == every and len(every) == 8 * 6
-    # 3 learning rates on seed 0, then seeds 1 and 2; and every hard model's evaluation at length.
-    assert grid.total() == 5 * len(every) + 3 * len(experiment.FAMILIES)
+    args = experiment.parser().parse_args([])
+    experiment._validate(args)
+    grid = grid_lib.Grid(args)
+    every = {(c, lv) for c in grid_lib.FAMILIES for lv in grid_lib.TUNED_BUDGETS}
+    assert set(grid.pairs()) == every and len(every) == 8 * 6 and args.protocol == "tuned"
+    # 8 configurations on 2 seeds, then 5 final seeds; and each final model on hard evaluated at length.
+    assert grid.total() == (8 * 2 + 5) * len(every) + 5 * len(grid_lib.FAMILIES)
+    # One budget per level for every family: at least 100,000 on hard and exp6b.
+    assert {grid.spec(c, lv, 1e-3, 0).budget for c, lv in every if lv == "hard"} == {grid_lib.TUNED_BUDGETS["hard"]}
+    assert min(grid_lib.TUNED_BUDGETS["hard"], grid_lib.TUNED_BUDGETS["exp6b"]) >= 100_000

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from pipelines import experiment
+from pipelines.engine import grid as grid_lib
 from pipelines.engine import leaderboard, tuning
 from pipelines.engine.solving import RunResult
 
@@ -77,7 +78,7 @@ def test_the_search_is_the_same_with_one_or_two_workers_and_resumes_without_retr
     assert all(r["settings"]["lr"] == chosen_lr and r["settings"]["prune_below"] == [] for r in finals)
     assert {r["result"]["role"] for r in finals} == {"final"}
     # The settings searched: a learning rate and a weight decay, both inside the family's space.
-    space = experiment.FAMILIES["lstm"].space
+    space = grid_lib.FAMILIES["lstm"].space
     assert all(space.lr[0] <= r["settings"]["lr"] <= space.lr[1] and
                space.weight_decay[0] <= r["settings"]["weight_decay"] <= space.weight_decay[1]
                for r in search.values())

@@ -50,6 +50,7 @@ class RunSpec:
     budget: int
     check_every: int
     batch_size: int = 16
+    optimizer: str = "adam"
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -81,6 +82,7 @@ class RunSpec:
     def config(self, data_dir: str | os.PathLike | None = None) -> TrainConfig:
         """The training configuration of this run."""
         return TrainConfig(model=self.cell, difficulty=self.level, batch_size=self.batch_size, lr=self.lr,
+                           optimizer=self.optimizer,
                            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
                            clip_norm=self.clip_norm, hidden=self.hidden, seed=self.seed, data_dir=data_dir,
                            padding=self.padding, grad_threads=self.grad_threads, workdir=os.devnull,

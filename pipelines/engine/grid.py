@@ -1,0 +1,403 @@
+"""The leaderboard's grid, shared by ``pipelines.experiment`` (the families on the levels) and ``pipelines.lengthgen``
+(the families trained by each length-generalisation recipe): the families as the grid trains them, the runs of
+a (family, level) under a protocol (a learning-rate grid, :class:`CellPlan`, or a tuned search,
+``pipelines.engine.tuning.TunedPlan``), the evaluations at length of the trained models (:class:`LengthPlan`),
+and the driver that writes each finished run into the study as it arrives (:class:`Driver`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.engine import leaderboard, reporting
+from pipelines.engine.evaluator import Evaluator
+from pipelines.engine.pool import Finished, Job, Pool
+from pipelines.engine.session import ensure_built
+from pipelines.engine.sharding import Sharding
+from pipelines.engine.solving import RunResult, RunSpec, model_with_params, run_one, save_params, write_events
+from pipelines.engine.study import Study, StudyError
+from pipelines.engine.tuning import SearchSpace, TunedPlan
+from qrsu_data import splits
+from qrsu_models import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A model family as the experiment trains it: its size, its learning-rate grid, its initialisation."""
+
+    name: str
+    hidden: int
+    lrs: tuple[float, ...]
+    init: str
+    options: tuple[tuple[str, object], ...] = ()
+    space: SearchSpace = SearchSpace()
+    """What the tuned protocol searches over for this family."""
+
+    def options_json(self) -> str:
+        """The family's model options beyond its width, as RunSpec stores them."""
+        return json.dumps(dict(self.options), sort_keys=True)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("lstm", 64, (1e-3, 2e-3, 4e-3), "chrono gate biases (Tallec & Ollivier 2018), orthogonal recurrent "
+           "kernels"),
+    Family("gru", 80, (1e-3, 2e-3, 4e-3), "flax's: lecun-normal input, orthogonal recurrent, zero biases"),
+    Family("rnn", 136, (1e-3, 2e-3, 4e-3), "flax's SimpleCell: lecun-normal input, orthogonal recurrent"),
+    Family("lru", 64, (1e-3, 3e-3, 1e-2), "the paper's: |lambda| uniform on the ring [0.9, 0.999], phases in "
+           "[0, pi], gamma = sqrt(1 - |lambda|^2), B and C complex Glorot-scaled"),
+    Family("mingru", 72, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
+    Family("minlstm", 64, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
+    Family("mamba", 48, (1e-3, 3e-3, 1e-2), "the paper's: A_n = -(n+1) (S4D-real), Delta log-uniform in "
+           "[0.001, 0.1], D = 1"),
+    Family("transformer", 64, (5e-4, 1e-3, 2e-3), "flax's Linear and Embed defaults, LayerNorm at 1 and 0; "
+           "rotary positions, nothing learned about position",
+           space=SearchSpace(lr=(3e-5, 1e-2), warmup=(0, 1000))),
+)}
+"""The families of the default grid, each at about 20k-60k parameters (the LSTM at hidden 64 has 18,948)."""
+
+BUDGETS = {"easy": 8_000, "normal": 16_000, "moderate": 20_000, "hard": 20_000, "nightmare": 66_000,
+           "exp6b": 48_000}
+"""Training sequences a run may use, per level: at least 4x the LSTM's median to solve it (1,280 on easy,
+3,200 normal, 4,160 moderate, 3,840 hard, 16,320 nightmare, 10,880 exp6b), so "not solved" means something."""
+CHECK_EVERY = {"easy": 320, "normal": 320, "moderate": 320, "hard": 320, "nightmare": 1920, "exp6b": 640}
+"""Training sequences between two validation checks, per level (a nightmare check costs 5x a hard one)."""
+LENGTHGEN_LENGTHS = (200, 500, 1000, 2000, 5000, 10000)
+"""Longest sequences of the suite's scaled configs that models trained on hard are evaluated on."""
+LENGTHGEN_LIMIT = 1024
+"""Test sequences evaluated per suite config (a Transformer's attention at length 5,000 is costly on a CPU)."""
+PROTOCOLS = ("tuned", "grid")
+"""'tuned' (version 2, the default): per (family, level) an Optuna search over the learning rate, the weight
+decay (and the Transformer's warm-up), then 5 final seeds at the best configuration (pipelines.engine.tuning);
+'grid' (version 1): a learning-rate grid on the first seed, then the other seeds at the best rate."""
+TUNED_BUDGETS = {"easy": 10_000, "normal": 30_000, "moderate": 50_000, "hard": 100_000, "nightmare": 100_000,
+                 "exp6b": 150_000}
+"""Version 2: training sequences a run may use, per level, the same for every family: at least 5x the slowest
+solved median of any family on the level, and at least 100,000 on hard and exp6b (docs/leaderboard.md)."""
+TUNED_CHECK_EVERY = {"easy": 320, "normal": 640, "moderate": 1280, "hard": 1600, "nightmare": 3200, "exp6b": 1600}
+"""Version 2: training sequences between two validation checks (about 60 checks in a budget)."""
+KIND = "experiment"
+
+
+def results_of(study: Study) -> dict[str, RunResult]:
+    """Every finished run of ``study``, by key."""
+    out = {}
+    for key, record in study.records().items():
+        try:
+            out[key] = RunResult.from_json(record["result"])
+        except (KeyError, TypeError) as e:
+            raise StudyError(f"{study.path('runs', key + '.json')} is not a finished run of this experiment "
+                             f"({type(e).__name__}: {e}); move it away and run again (the run is then redone)") from None
+    return out
+
+
+def load_results(out: Path) -> list[RunResult]:
+    """Every finished run saved in ``out`` (its runs/ folder, or a results.json of an earlier version)."""
+    if (out / "runs").is_dir():
+        return list(results_of(Study(out, KIND)).values())
+    path = out / "results.json"
+    try:
+        rows = json.loads(path.read_text())
+        return [RunResult.from_json(row) for row in rows]
+    except FileNotFoundError:
+        raise StudyError(f"{path} does not exist: give the --out folder of an earlier experiment") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise StudyError(f"{path} is not an experiment's results.json ({e})") from None
+
+
+def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
+    """(family -> suite config -> accuracies by seed, the level trained on) of every evaluation in ``out``/lengthgen."""
+    table: dict[str, dict[str, list[float]]] = {}
+    levels = set()
+    results = results_of(Study(out, KIND)) if (out / "runs").is_dir() else {}
+    # Every saved run with an evaluation, by family and seed (an evaluation whose run was moved away is ignored).
+    for key, result in sorted(results.items(), key=lambda item: (item[1].cell, item[1].seed)):
+        path = out / "lengthgen" / f"{key}.json"
+        if not path.is_file():
+            continue
+        levels.add(result.level)
+        for config, accuracy in json.loads(path.read_text()).items():
+            table.setdefault(result.cell, {}).setdefault(config, []).append(accuracy)
+    return table, ", ".join(sorted(levels))
+
+
+def family(name: str) -> Family:
+    """The family settings of ``name`` (a model of your own gets the LSTM's learning rates and hidden 64)."""
+    registry.get(name)  # ValueError naming the valid models
+    return FAMILIES.get(name, Family(name, 64, FAMILIES["lstm"].lrs, "the model's own"))
+
+
+class Grid:
+    """The experiment's runs: their settings, the learning rates tried, the (family, level) pairs."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def family(self, cell: str) -> Family:
+        """How the grid trains ``cell``: ``args.families``' entry where given, else the leaderboard's."""
+        families = getattr(self.args, "families", None) or {}
+        return families[cell] if cell in families else family(cell)
+
+    def spec(self, cell: str, level: str, lr: float, seed: int) -> RunSpec:
+        """The run of ``cell`` on ``level`` at ``lr`` from ``seed``."""
+        f = self.family(cell)
+        tuned = self.args.protocol == "tuned"
+        budgets, checks = (TUNED_BUDGETS, TUNED_CHECK_EVERY) if tuned else (BUDGETS, CHECK_EVERY)
+        return RunSpec(cell, level, seed, budget=self.args.budget or budgets.get(level, 100_000 if tuned else 20_000),
+                       check_every=self.args.check_every or checks.get(level, 1600 if tuned else 320),
+                       batch_size=self.args.batch_size, lr=lr, clip_norm=self.args.clip_norm,
+                       optimizer=getattr(self.args, "optimizer", "adam"),
+                       hidden=self.args.hidden or f.hidden, grad_threads=self.args.grad_threads,
+                       model_options=f.options_json(), bucket_width=self.args.bucket_width,
+                       initial_state=self.args.initial_state, noise_std=self.args.noise_std, omega=self.args.omega)
+
+    def lrs(self, cell: str) -> tuple[float, ...]:
+        """The learning rates tried for ``cell``: --lrs, else its family's grid."""
+        return tuple(self.args.lrs) if self.args.lrs else self.family(cell).lrs
+
+    def selection_specs(self, cell: str, level: str) -> list[RunSpec]:
+        """Stage 1: every learning rate on the selection seeds."""
+        return [self.spec(cell, level, lr, seed) for lr in self.lrs(cell)
+                for seed in self.args.seeds[:self.args.lr_seeds]]
+
+    def chosen_specs(self, cell: str, level: str, lr: float) -> list[RunSpec]:
+        """Stage 2: the other seeds at the chosen learning rate."""
+        return [self.spec(cell, level, lr, seed) for seed in self.args.seeds[self.args.lr_seeds:]]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (family, level) pairs to run, level by level."""
+        return [(c, lv) for lv in self.args.levels for c in self.args.cells]
+
+    def total(self) -> int:
+        """How many tasks the grid holds: its runs, and the evaluations at length of its rows' models."""
+        seeds, out = self.args.seeds, 0
+        for cell, level in self.pairs():
+            if self.args.protocol == "tuned":
+                out += self.args.configs * len(self.args.search_seeds) + len(seeds)
+            else:
+                out += len(self.lrs(cell)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
+            out += len(seeds) if self.lengthgen_configs(level) else 0
+        return out
+
+    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir):
+        """The plan of (``cell``, ``level``) under the protocol: a learning-rate grid or a tuned search."""
+        if self.args.protocol == "grid":
+            return CellPlan(self, cell, level, done, data_dir)
+        return TunedPlan(self.spec(cell, level, self.family(cell).lrs[0], 0), self.family(cell).space, done,
+                         configs=self.args.configs, wave=self.args.wave, search_seeds=self.args.search_seeds,
+                         final_seeds=self.args.seeds, data_dir=data_dir)
+
+    def lengthgen_configs(self, level: str) -> list[str]:
+        """The configs the models trained on ``level`` are evaluated on: the lengthgen level's suite at the
+        lengthgen lengths, for that level and its levels of varied length (``hard-var50to200`` trains for
+        ``hard``'s suite); or ``args.eval_configs`` where given."""
+        explicit = getattr(self.args, "eval_configs", None)
+        if explicit:
+            return list(explicit)
+        if level.split("-var")[0] != self.args.lengthgen_level:
+            return []
+        return [f"{self.args.lengthgen_level}-len{n}" for n in self.args.lengthgen_lengths or ()]
+
+    def eval_limit(self) -> int:
+        """Test sequences evaluated per config at length."""
+        return getattr(self.args, "eval_limit", None) or LENGTHGEN_LIMIT
+
+
+def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[str], data_dir,
+                     limit: int = LENGTHGEN_LIMIT, monitor=None) -> dict[str, float]:
+    """Test accuracy of the model of run ``spec`` with parameters ``flat`` (solving.flat_params) on each suite
+    config (its first ``limit`` test sequences); a task of the pool."""
+    model, params = model_with_params(spec, flat, data_dir)
+    sharding = Sharding.create()
+    record = {}
+    for config in configs:
+        dataset = splits.SplitSpec.parse(config)
+        ensure_built(dataset, data_dir)
+        # Batches of at most ~1M tokens: the Transformer's attention grows with the square of length.
+        batch = max(sharding.num_devices, min(1024, 1_000_000 // dataset.level_def.max_length))
+        batch -= batch % sharding.num_devices
+        record[config] = Evaluator(model, sharding, batch).evaluate(params, dataset, "test", data_dir=data_dir,
+                                                                    limit=limit)["accuracy"]
+    return record
+
+
+class CellPlan:
+    """One (family, level) of the learning-rate grid: its learning rates on the selection seeds, then its other
+    seeds at the rate chosen on validation."""
+
+    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], data_dir):
+        self.grid, self.cell, self.level, self.data_dir = grid, cell, level, data_dir
+        every = [*grid.selection_specs(cell, level),
+                 *(s for lr in grid.lrs(cell) for s in grid.chosen_specs(cell, level, lr))]
+        self.results = {s.key: done[s.key] for s in every if s.key in done}
+        self.handed: set[str] = set()
+        self.stage1 = grid.selection_specs(cell, level)
+        self.lr: float | None = None
+
+    def specs(self) -> list[RunSpec]:
+        """The runs known so far: stage 1, and stage 2 once the rate is chosen."""
+        if self.lr is None and all(s.key in self.results for s in self.stage1):
+            self.lr = leaderboard.select([self.results[s.key] for s in self.stage1])[(self.cell, self.level)].lr
+        return self.stage1 + (self.grid.chosen_specs(self.cell, self.level, self.lr) if self.lr is not None else [])
+
+    def row_specs(self) -> list[RunSpec]:
+        """The runs of the table's row: every seed at the chosen rate (none before it is chosen)."""
+        return [s for s in self.specs() if self.lr is not None and s.lr == self.lr]
+
+    def ready(self) -> list[Job]:
+        """Runs not done nor handed out."""
+        jobs = [Job(s.key, run_one, (s, self.data_dir)) for s in self.specs()
+                if s.key not in self.results and s.key not in self.handed]
+        self.handed.update(j.key for j in jobs)
+        return jobs
+
+    def finished(self, job: Job, outcome: Any) -> None:
+        """Records a finished run of this plan."""
+        if job.key in {s.key for s in self.specs()}:
+            self.results[job.key] = outcome[0]
+
+    @property
+    def done(self) -> bool:
+        """Every run done."""
+        return all(s.key in self.results for s in self.specs())
+
+    def finished_count(self) -> int:
+        """How many of its runs are done."""
+        return sum(s.key in self.results for s in self.specs())
+
+
+class LengthPlan:
+    """The evaluations at length of the models in a plan's row (the chosen configuration's seeds), each a task
+    once its run has finished."""
+
+    def __init__(self, source, configs: list[str], evaluated: set[str], params_of, data_dir,
+                 limit: int = LENGTHGEN_LIMIT):
+        self.source, self.configs, self.params_of, self.data_dir = source, configs, params_of, data_dir
+        self.limit = limit
+        self.evaluated, self.handed = set(evaluated), set()
+
+    def _finished_rows(self) -> list[RunSpec]:
+        return [s for s in self.source.row_specs() if s.key in self.source.results]
+
+    def ready(self) -> list[Job]:
+        """An evaluation per finished model of the row not evaluated nor handed out."""
+        jobs = []
+        for spec in self._finished_rows():
+            if spec.key not in self.evaluated and spec.key not in self.handed:
+                params = self.params_of(spec)
+                if params is not None:
+                    jobs.append(Job("eval:" + spec.key, evaluate_lengths, (spec, params, self.configs,
+                                                                           self.data_dir, self.limit)))
+        self.handed.update(j.key[5:] for j in jobs)
+        return jobs
+
+    def finished(self, job: Job, outcome: Any) -> None:
+        """Records a finished evaluation."""
+        if job.key.startswith("eval:") and job.key[5:] in self.handed:
+            self.evaluated.add(job.key[5:])
+
+    @property
+    def done(self) -> bool:
+        """The source's runs all done, and every model of its row evaluated."""
+        return self.source.done and all(s.key in self.evaluated for s in self.source.row_specs())
+
+    def finished_count(self) -> int:
+        """How many evaluations are done."""
+        return len({s.key for s in self.source.row_specs()} & self.evaluated)
+
+
+class Driver:
+    """The grid's writer: each finished run's record, model and events, each evaluation's record, as they come."""
+
+    def __init__(self, study: Study, keep_params: bool):
+        self.study, self.keep_params = study, keep_params
+
+    def params_of(self, spec: RunSpec):
+        """The saved parameters of a finished run (None if its model was not kept)."""
+        path = self.study.path("models", f"{spec.key}.npz")
+        if not path.is_file():
+            return None
+        with np.load(path) as saved:
+            return {name: saved[name] for name in saved.files}
+
+    def on_done(self, finished: Finished) -> None:
+        """Writes what ``finished`` produced."""
+        job = finished.job
+        if job.key.startswith("eval:"):
+            reporting.write_json(self.study.path("lengthgen", f"{job.key[5:]}.json"), finished.outcome)
+            return
+        spec: RunSpec = job.args[0]
+        result, params = finished.outcome
+        if self.keep_params:
+            save_params(params, self.study.path("models", f"{spec.key}.npz"))
+        write_events(result, self.study.path("events", spec.key))
+        self.study.save(spec.key, {"settings": dataclasses.asdict(spec), "result": dataclasses.asdict(result),
+                                   "attempts": finished.attempts})
+        print(f"{spec.cell:<12} {spec.level:<10} lr {spec.lr:<6g} seed {spec.seed}: {result.outcome()}; test accuracy "
+              f"{result.test_accuracy:.4f}, {result.wrong_of_2560} of 2560 wrong, {result.wall_time_s:.0f} s"
+              + (f" (attempt {finished.attempts})" if finished.attempts > 1 else ""), flush=True)
+
+
+def replot(out: Path) -> int:
+    """Rewrites the tables and plots of the study in ``out`` from its saved runs; trains nothing."""
+    table, trained_on = saved_lengthgen(out)
+    order = list(dict.fromkeys([*FAMILIES, *registry.names()]))
+    table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
+    print(leaderboard.write(load_results(out), out, order, None, table, trained_on))
+    if table:
+        print(leaderboard.lengthgen_table(table, trained_on))
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Runs the grid's runs not done yet in ``args.out`` and writes its tables; returns the exit code."""
+    grid = Grid(args)
+    with Study(args.out, KIND) as study:
+        done = results_of(study)
+        pairs = grid.pairs()
+        # Refused before anything trains: a run of the same key saved with other settings.
+        defaults = {f.name: f.default for f in dataclasses.fields(RunSpec) if f.default is not dataclasses.MISSING}
+        if args.protocol == "grid":
+            study.check_runs({s.key: dataclasses.asdict(s) for c, lv in pairs for lr in grid.lrs(c)
+                              for s in [*grid.selection_specs(c, lv), *grid.chosen_specs(c, lv, lr)]}, defaults)
+        for level in dict.fromkeys(lv for _, lv in pairs):
+            ensure_built(splits.SplitSpec.parse(level), args.data_dir)  # once, before the workers share it
+            for config in grid.lengthgen_configs(level):
+                ensure_built(splits.SplitSpec.parse(config), args.data_dir)
+        driver = Driver(study, keep_params=any(grid.lengthgen_configs(lv) for _, lv in pairs))
+        evaluated = {p.stem for p in study.path("lengthgen").glob("*.json")}
+        plans = [grid.plan(c, lv, done, args.data_dir) for c, lv in pairs]
+        if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
+            study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
+        plans += [LengthPlan(plan, grid.lengthgen_configs(lv), evaluated, driver.params_of, args.data_dir,
+                             grid.eval_limit())
+                  for plan, (_, lv) in zip(list(plans), pairs) if grid.lengthgen_configs(lv)]
+        finished_before = sum(plan.finished_count() for plan in plans)
+        if finished_before:
+            print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
+        with Pool(args.workers, args.address) as pool:
+            print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
+            failed = pool.run(plans, driver.on_done, total=grid.total(), done_before=finished_before)
+        out = study.out
+    table = {}
+    if any(grid.lengthgen_configs(lv) for lv in args.levels):
+        table, _ = saved_lengthgen(out)
+        table = {c: per for c, per in table.items() if c in args.cells}
+    results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
+    lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)}) if args.protocol == "grid" else None
+    print("\n" + leaderboard.write(results, out, args.cells, lrs, table, args.lengthgen_level))
+    if table:
+        print(leaderboard.lengthgen_table(table, args.lengthgen_level))
+    print(f"Wrote results.json, results.csv, results.md, sequences_to_solve.png, learning_curves.png"
+          f"{', lengthgen.md, lengthgen.png' if table else ''} and events/ (TensorBoard) to {out}")
+    if failed:
+        listed = "; ".join(f"{job.key}: {why}" for job, why in failed[:5])
+        raise StudyError(f"{len(failed)} task(s) failed and were not saved ({listed}); fix the cause and run the "
+                         f"same command again: it redoes only what is missing")
+    return 0
+

@@ -1,0 +1,233 @@
+"""Length generalisation: every family trained by each recipe, evaluated from length 200 to 10,000, and Pascanu et
+al. (2013) reproduced: ``python -m pipelines.lengthgen --help``.
+
+A recipe is how a family is trained on sequences of at most 200 symbols (docs/length_generalisation.md):
+
+* ``fixed``: on ``hard`` (lengths 100-110), the leaderboard's training;
+* ``varied``: on ``hard-var50to200`` (every length from 50 to 200, the relevant symbols at ``hard``'s fractions of
+  each), in batches bucketed by length;
+* ``noise``: varied, each sequence starting from a Gaussian state (std ``NOISE_STD``) instead of zeros;
+* ``passed``: varied, each sequence starting from the final state of the previous batch's sequence in its row
+  (state passing, Buitrago Ruiz & Gu 2025).
+
+Each (family, recipe) is a learning-rate grid on seed 0, then seeds 1 and 2 at the best rate (the
+leaderboard's protocol version 1, pipelines.engine.grid), and every model of the chosen rate is evaluated on
+``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the length). The recipes
+that start from a given state need a family whose state can be set; the others are left out of their rows and
+said so. ``--pascanu`` instead reproduces Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
+bucket of 10 lengths per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, evaluated on
+10,000 sequences at each length from 50 to 5,000 with their positions.
+
+Writes, into ``--out``: one study folder per recipe (its runs, models and evaluations, resumable), and
+``matrix.md``, ``matrix.json`` and ``matrix.png`` (a heatmap of family x recipe x length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from pipelines.engine import reporting
+from pipelines.engine.errors import guarded
+from pipelines.engine.grid import FAMILIES, Family, run_grid, saved_lengthgen
+from qrsu_data import task
+from qrsu_models import registry
+
+RECIPES: dict[str, dict] = {
+    "fixed": {"level": "hard", "bucket_width": 0, "initial_state": "zero"},
+    "varied": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "zero"},
+    "noise": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "noise"},
+    "passed": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "passed"},
+}
+"""The training recipes, by name: the level trained on, the buckets of its batches, the initial state."""
+NOISE_STD = 0.5
+"""Standard deviation of the noisy initial state (Buitrago Ruiz & Gu 2025 fit it to the final states' spread;
+a fixed 0.5 is about the spread of an LSTM's or a GRU's final h on this task)."""
+LENGTHS = (200, 500, 1000, 2000, 5000, 10000)
+BUDGET, CHECK_EVERY = 100_000, 1600
+"""Training sequences per run, and between checks (the varied levels' validation holds lengths 50-200)."""
+MATRIX_FAMILIES: dict[str, Family] = {**FAMILIES, "lstm1997": Family(
+    "lstm1997", 64, (1e-3, 3e-3, 1e-2), "the paper's: weights uniform in [-0.1, 0.1], input gates biased -2, -4, ...",
+    options=(("cells", 16),))}
+"""The matrix's families: the leaderboard's, and the 1997 LSTM (16 cells, 8 blocks; no forget gate)."""
+
+PASCANU_LEVEL = "len50to199_pos10to19_pos50to59_per100"
+"""Their task's layout: lengths 50-199, the first relevant symbol at [L/10, 2L/10), the second at [L/2, 6L/10)."""
+PASCANU_LENGTHS = (50, 100, 150, 200, 250, 500, 1000, 2000, 3000, 5000)
+
+
+def pascanu_config(length: int) -> str:
+    """A test config of Pascanu et al.'s task at one ``length``: their positions exactly, 10,000 test sequences."""
+    tenth = length // 10
+    return f"len{length}_pos{tenth}to{2 * tenth - 1}_pos{length // 2}to{length // 2 + tenth - 1}-train1-validation0"
+
+
+def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespace) -> argparse.Namespace:
+    """The grid's settings for one recipe's study."""
+    r = RECIPES[recipe]
+    return argparse.Namespace(
+        cells=cells, levels=[r["level"]], seeds=[0, 1, 2], lr_seeds=1, lrs=None, protocol="grid",
+        budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=16, grad_threads=1,
+        bucket_width=r["bucket_width"], initial_state=r["initial_state"], noise_std=NOISE_STD, omega=0.0,
+        workers=args.workers, address=args.address, lengthgen_level="hard", lengthgen_lengths=list(args.lengths),
+        data_dir=args.data_dir, out=str(out / recipe), configs=8, search_seeds=[100, 101], wave=2,
+        families=MATRIX_FAMILIES, eval_limit=args.eval_sequences)
+
+
+def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings of Pascanu et al.'s experiment, as a grid of one family at one learning rate."""
+    return argparse.Namespace(
+        cells=["pascanu_rnn"], levels=[PASCANU_LEVEL], seeds=[0, 1, 2, 3, 4], lr_seeds=5, lrs=[0.01],
+        protocol="grid", budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=20,
+        grad_threads=1, optimizer="sgd", bucket_width=10, initial_state="zero", noise_std=1.0, omega=4.0,
+        workers=args.workers, address=args.address, lengthgen_level=None, lengthgen_lengths=[],
+        eval_configs=[pascanu_config(n) for n in PASCANU_LENGTHS], eval_limit=10_000, data_dir=args.data_dir,
+        out=str(Path(args.out) / "pascanu"), configs=8, search_seeds=[100, 101], wave=2,
+        families={"pascanu_rnn": Family("pascanu_rnn", 50, (0.01,), "basic tanh: every weight N(0, 0.1^2)")})
+
+
+def applicable(cell: str, recipe: str) -> bool:
+    """Whether ``cell`` can be trained by ``recipe`` (a given initial state needs a settable state)."""
+    return RECIPES[recipe]["initial_state"] == "zero" or registry.get(cell).supports("forward_state")
+
+
+def matrix(out: Path, recipes: list[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """family -> recipe -> suite config -> the accuracies of its seeds, from every recipe's study in ``out``."""
+    found: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for recipe in recipes:
+        if (out / recipe / "runs").is_dir():
+            table, _ = saved_lengthgen(out / recipe)
+            for cell, per in table.items():
+                found.setdefault(cell, {})[recipe] = per
+    return found
+
+
+def markdown(found: dict, lengths: tuple[int, ...]) -> str:
+    """The matrix as a table: median (min-max) test accuracy over seeds, per family, recipe and length."""
+    configs = [f"hard-len{n}" for n in lengths]
+    lines = ["| family | recipe | " + " | ".join(f"{n:,}" for n in lengths) + " |",
+             "|---|---" + "|---" * len(lengths) + "|"]
+    for cell, per_recipe in found.items():
+        for recipe, per in per_recipe.items():
+            cells = []
+            for c in configs:
+                acc = per.get(c, [])
+                cells.append(f"{statistics.median(acc):.3f} ({min(acc):.2f}-{max(acc):.2f})" if acc else "")
+            lines.append(f"| {cell} | {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(found: dict, lengths: tuple[int, ...], path: Path) -> None:
+    """A heatmap: a row per (family, recipe), a column per length, the median accuracy over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(cell, recipe) for cell, per in found.items() for recipe in per]
+    grid = [[statistics.median(found[c][r].get(f"hard-len{n}", [math.nan])) for n in lengths] for c, r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 3.5, 0.32 * len(rows) + 1.8))
+    image = ax.imshow(grid, vmin=0.25, vmax=1, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="test accuracy (median over seeds; chance 0.25)")
+    ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths])
+    ax.set_yticks(range(len(rows)), [f"{c} / {r}" for c, r in rows], fontsize=7)
+    ax.set_xlabel("sequence length at test (trained on lengths <= 200)")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if v > 0.7 else "white")
+    fig.tight_layout()
+    reporting.save_figure(fig, path)
+
+
+def pascanu_table(out: Path) -> str:
+    """Per seed, the test accuracy at each of Pascanu et al.'s lengths (and the errors of 10,000)."""
+    folder = out / "pascanu"
+    if not (folder / "lengthgen").is_dir():
+        return ""
+    lines = ["| seed | solved after | " + " | ".join(f"{n:,}" for n in PASCANU_LENGTHS) + " |",
+             "|---|---" + "|---" * len(PASCANU_LENGTHS) + "|"]
+    for path in sorted((folder / "lengthgen").glob("*.json")):
+        acc = json.loads(path.read_text())
+        run = json.loads((folder / "runs" / path.name).read_text())["result"]
+        solved = f"{run['sequences_to_solve']:,}" if run["solved"] else f"not in {run['sequences_trained']:,}"
+        lines.append(f"| {run['seed']} | {solved} | " + " | ".join(
+            f"{round((1 - acc[pascanu_config(n)]) * 10_000)} wrong" if pascanu_config(n) in acc else ""
+            for n in PASCANU_LENGTHS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m pipelines.lengthgen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(MATRIX_FAMILIES), metavar="MODEL",
+                   help=f"families (default: {' '.join(MATRIX_FAMILIES)})")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="RECIPE",
+                   help=f"training recipes (default: {' '.join(RECIPES)})")
+    p.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), help="test lengths of hard-len<N>")
+    p.add_argument("--budget", type=int, default=None, help=f"training sequences per run (default {BUDGET:,}; "
+                   "--pascanu: 10,000,000)")
+    p.add_argument("--check-every", type=int, default=None, help=f"sequences between checks (default "
+                   f"{CHECK_EVERY:,}; --pascanu: 20,000)")
+    p.add_argument("--eval-sequences", type=int, default=1024, help="test sequences per length (default 1024)")
+    p.add_argument("--pascanu", action="store_true", help="reproduce Pascanu et al. 2013 instead of the matrix")
+    p.add_argument("--workers", type=int, default=None, help="runs side by side (default: one per core)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="results/lengthgen", help="output folder (a study per recipe inside)")
+    p.add_argument("--replot", action="store_true", help="train nothing: rewrite the matrix from --out's studies")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the recipes' studies (or Pascanu's) and writes the matrix."""
+    args = parser().parse_args(argv)
+
+    def go() -> int:
+        out = Path(args.out)
+        for name in ("budget", "check_every", "eval_sequences", "workers"):
+            value = getattr(args, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for cell in args.cells:
+            if cell not in MATRIX_FAMILIES:
+                raise ValueError(f"unknown family {cell!r}; choose among: {', '.join(MATRIX_FAMILIES)}")
+        for n in args.lengths:
+            task.scaled_level("hard", n)  # ValueError for a length the suite cannot have
+        if args.pascanu:
+            args.budget = args.budget or 10_000_000
+            args.check_every = args.check_every or 20_000
+            if not args.replot:
+                run_grid(pascanu_args(args))
+            print(pascanu_table(out))
+            return 0
+        args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
+        if not args.replot:
+            for recipe in args.recipes:
+                cells = [c for c in args.cells if applicable(c, recipe)]
+                skipped = sorted(set(args.cells) - set(cells))
+                if skipped:
+                    print(f"{recipe}: left out {', '.join(skipped)} (no settable state)", flush=True)
+                print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
+                run_grid(study_args(recipe, cells, out, args))
+        found = matrix(out, args.recipes)
+        lengths = tuple(args.lengths)
+        table = markdown(found, lengths)
+        reporting.write_text(out / "matrix.md", table)
+        reporting.write_json(out / "matrix.json", found)
+        if found:
+            plot(found, lengths, out / "matrix.png")
+        print(table)
+        return 0
+
+    return guarded(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The length-generalisation command: recipes, Pascanu et al.'s test configs, the matrix and its table."""
+
+import json
+import os
+
+import pytest
+
+from pipelines import lengthgen
+from qrsu_data import splits, task
+
+
+def test_pascanus_test_configs_hold_their_positions_exactly():
+    assert lengthgen.pascanu_config(50) == "len50_pos5to9_pos25to29-train1-validation0"
+    assert lengthgen.pascanu_config(5000) == "len5000_pos500to999_pos2500to2999-train1-validation0"
+    for n in lengthgen.PASCANU_LENGTHS:
+        spec = splits.SplitSpec.parse(lengthgen.pascanu_config(n))
+        level = spec.level_def
+        assert level.length == (n, n) and spec.size("test") == 10_000 and "validation" not in spec.splits
+        # Their code: p0 in [L/10, 2L/10), p1 in [L/2, L/2 + L/10).
+        assert level.positions == ((n // 10, 2 * (n // 10) - 1), (n // 2, n // 2 + n // 10 - 1))
+    train = task.get_level(lengthgen.PASCANU_LEVEL)
+    assert train.length == (50, 199) and train.ranges_at(100) == ((10, 19), (50, 59))
+
+
+def test_recipes_that_set_the_state_need_a_family_whose_state_can_be_set():
+    assert lengthgen.applicable("lstm", "passed") and lengthgen.applicable("transformer", "varied")
+    assert not lengthgen.applicable("transformer", "passed") and not lengthgen.applicable("transformer", "noise")
+
+
+def test_the_matrix_table_gives_the_median_and_range_over_seeds():
+    found = {"lstm": {"fixed": {"hard-len200": [0.5, 0.9, 0.7]}, "passed": {"hard-len200": [1.0, 1.0, 0.98]}}}
+    table = lengthgen.markdown(found, (200, 500))
+    assert "| lstm | fixed | 0.700 (0.50-0.90) |  |" in table and "| lstm | passed | 1.000 (0.98-1.00) |" in table
+
+
+@pytest.mark.slow
+def test_the_matrix_end_to_end(easy_data_dir, tmp_path, ray_cluster, capsys):
+    out = tmp_path / "lg"
+    args = ["--cells", "gru", "--recipes", "fixed", "noise", "--lengths", "200", "--budget", "640",
+            "--check-every", "320", "--eval-sequences", "64", "--out", os.fspath(out)]
+    assert lengthgen.main(args) == 0
+    found = json.loads((out / "matrix.json").read_text())
+    assert set(found["gru"]) == {"fixed", "noise"}
+    assert all(len(per["hard-len200"]) == 3 for per in found["gru"].values())  # every seed of the chosen rate
+    runs = [json.loads(p.read_text())["settings"] for p in (out / "noise" / "runs").glob("*.json")]
+    assert {r["initial_state"] for r in runs} == {"noise"} and {r["level"] for r in runs} == {"hard-var50to200"}
+    assert {r["bucket_width"] for r in runs} == {25}
+    assert (out / "matrix.png").stat().st_size > 0 and "| gru | noise |" in (out / "matrix.md").read_text()
+    capsys.readouterr()
+    assert lengthgen.main([*args, "--replot"]) == 0 and "| gru | fixed |" in capsys.readouterr().out
