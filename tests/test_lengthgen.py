@@ -34,10 +34,11 @@ def test_the_matrix_table_gives_the_median_and_range_over_seeds():
 
 
 @pytest.mark.slow
-def test_the_matrix_end_to_end(easy_data_dir, tmp_path, ray_cluster, capsys):
+def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys):
     out = tmp_path / "lg"
     args = ["--cells", "gru", "--recipes", "fixed", "noise", "--lengths", "200", "--budget", "640",
-            "--check-every", "320", "--eval-sequences", "64", "--out", os.fspath(out)]
+            "--check-every", "320", "--eval-sequences", "64", "--out", os.fspath(out),
+            "--data-dir", os.fspath(tmp_path / "data")]
     assert lengthgen.main(args) == 0
     found = json.loads((out / "matrix.json").read_text())
     assert set(found["gru"]) == {"fixed", "noise"}
