@@ -21,6 +21,7 @@ from pipelines.engine import reporting
 from pipelines.engine.trials import PAPER_TABLE_9
 from pipelines.engine.solving import SOLVED_ERROR, RunResult
 from qrsu_data import task
+from qrsu_data.splits import SplitSpec
 
 PAPER_1997 = {row["config"]: row["mean_sequences"] for row in PAPER_TABLE_9.values()}
 """Mean training sequences the 1997 LSTM needed (Table 9): Exp. 6a (= hard) and Exp. 6b."""
@@ -160,11 +161,15 @@ def markdown_table(results: list[RunResult], families: Sequence[str] = (), lrs: 
     return "\n".join(lines) + "\n"
 
 
+def _longest(config: str) -> int:
+    return SplitSpec.parse(config).level_def.max_length
+
+
 def lengthgen_table(lengthgen: dict[str, dict[str, list[float]]], trained_on: str) -> str:
     """Families x evaluated configs: median test accuracy over seeds of the models trained on ``trained_on``."""
-    configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: task.get_level(c).max_length)
+    configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: _longest(c))
     lines = [f"| family (trained on {trained_on}) | " + " | ".join(
-        f"{c} (T {task.get_level(c).max_length:,})" for c in configs) + " |", "|---" * (len(configs) + 1) + "|"]
+        f"{c} (T {_longest(c):,})" for c in configs) + " |", "|---" * (len(configs) + 1) + "|"]
     for cell, per in lengthgen.items():
         lines.append(f"| {cell} | " + " | ".join(f"{_median(per[c]):.3f}" if c in per else "" for c in configs) + " |")
     return "\n".join(lines) + "\n"
@@ -239,15 +244,15 @@ def plot(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs:
     reporting.save_figure(fig, out / "learning_curves.png")
 
     if lengthgen:
-        configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: task.get_level(c).max_length)
+        configs = sorted({c for per in lengthgen.values() for c in per}, key=lambda c: _longest(c))
         names = list(lengthgen)
         grid = [[_median(lengthgen[n].get(c, [])) for c in configs] for n in names]
         fig, ax = plt.subplots(figsize=(1.3 * len(configs) + 3, 0.5 * len(names) + 1.8))
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, label="test accuracy (median over seeds)")
-        ax.set_xticks(range(len(configs)), [f"{task.get_level(c).max_length:,}" for c in configs])
+        ax.set_xticks(range(len(configs)), [f"{_longest(c):,}" for c in configs])
         ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel(f"longest sequence (trained on {trained_on}: {task.get_level(trained_on).max_length})")
+        ax.set_xlabel(f"longest sequence (trained on {trained_on}: {_longest(trained_on.split(', ')[0])})")
         for i in range(len(names)):
             for j in range(len(configs)):
                 if not math.isnan(grid[i][j]):
