@@ -192,6 +192,10 @@ register(ModelSpec("mingru", _family(minrnn.MinRNNClassifier, cell="mingru"), "m
                    "linear recurrence, pre-norm GLU residual blocks", "Feng et al. 2024"))
 register(ModelSpec("minlstm", _family(minrnn.MinRNNClassifier, cell="minlstm"), "minLSTM: input-only normalised "
                    "forget/input gates, linear recurrence, pre-norm GLU residual blocks", "Feng et al. 2024"))
+register(ModelSpec("mingru3", _family(minrnn.MinRNNClassifier, cell="mingru"), "minGRU at the depth of its paper's "
+                   "experiments: 3 blocks", "Feng et al. 2024", defaults={"layers": 3}))
+register(ModelSpec("minlstm3", _family(minrnn.MinRNNClassifier, cell="minlstm"), "minLSTM at the depth of its "
+                   "paper's experiments: 3 blocks", "Feng et al. 2024", defaults={"layers": 3}))
 register(ModelSpec("mamba", mamba.MambaClassifier, "Mamba: selective SSM (state 16 per channel), causal conv, "
                    "SiLU gate, pre-norm RMSNorm residual blocks", "Gu & Dao 2023"))
 

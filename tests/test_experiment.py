@@ -156,7 +156,7 @@ def test_the_default_grid_has_every_family_on_every_level():
     experiment._validate(args)
     grid = grid_lib.Grid(args)
     every = {(c, lv) for c in grid_lib.FAMILIES for lv in grid_lib.TUNED_BUDGETS}
-    assert set(grid.pairs()) == every and len(every) == 8 * 6 and args.protocol == "tuned"
+    assert set(grid.pairs()) == every and len(every) == 10 * 6 and args.protocol == "tuned"
     # 8 configurations on 2 seeds, then 5 final seeds; and each final model on hard evaluated at length.
     assert grid.total() == (8 * 2 + 5) * len(every) + 5 * len(grid_lib.FAMILIES)
     # One budget per level for every family: at least 100,000 on hard and exp6b.

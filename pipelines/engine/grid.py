@@ -53,6 +53,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "[0, pi], gamma = sqrt(1 - |lambda|^2), B and C complex Glorot-scaled"),
     Family("mingru", 72, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
     Family("minlstm", 64, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
+    Family("mingru3", 42, (1e-3, 3e-3, 1e-2), "as mingru, 3 blocks (the depth of its paper's experiments)"),
+    Family("minlstm3", 38, (1e-3, 3e-3, 1e-2), "as minlstm, 3 blocks (the depth of its paper's experiments)"),
     Family("mamba", 48, (1e-3, 3e-3, 1e-2), "the paper's: A_n = -(n+1) (S4D-real), Delta log-uniform in "
            "[0.001, 0.1], D = 1"),
     Family("transformer", 64, (5e-4, 1e-3, 2e-3), "flax's Linear and Embed defaults, LayerNorm at 1 and 0; "
