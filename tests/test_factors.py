@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pipelines import experiment, factors
-from pipelines.engine import trials
+from pipelines import factors
+from pipelines.engine import solving, trials
 from pipelines.engine.config import TrainConfig
 from qrsu_data import store
 
@@ -18,7 +18,7 @@ def test_the_path_starts_at_the_1997_protocol_and_ends_at_todays_defaults():
     first, last = factors.PATH[0], factors.PATH[-1]
     assert (first.cell, first.hidden, first.gradient, first.loss, first.optimizer, first.lr, first.batch_size,
             first.clip_norm) == ("lstm1997", 4, "truncated", "squared_error", "sgd", 0.5, 1, 0.0)
-    defaults = {f.name: f.default for f in dataclasses.fields(experiment.RunSpec)}
+    defaults = {f.name: f.default for f in dataclasses.fields(solving.RunSpec)}
     assert (last.batch_size, last.lr, last.clip_norm, last.hidden) == tuple(
         defaults[k] for k in ("batch_size", "lr", "clip_norm", "hidden"))
     assert last.cell == "lstm" and last.loss == "cross_entropy" and last.optimizer == TrainConfig.optimizer

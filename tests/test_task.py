@@ -200,7 +200,7 @@ def test_a_custom_level_with_the_ranges_of_a_standard_level_is_that_level():
                                                             r"symbol of the shortest sequence \(position 9\)"),
     ('{"length": [20, 10], "positions": [[1, 2], [4, 5]]}', r"length range \(20, 10\) must satisfy 3 <= lo <= hi"),
     ('{"length": [10, 20], "positions": [[1, "a"], [4, 5]]}', r"position range 1 must be \[lo, hi\]"),
-    ('{"length": [10, 20]}', r"needs exactly the keys length, positions.*missing: \['positions'\]"),
+    ('{"length": [10, 20]}', r"needs the keys length, positions and may have scale.*missing: \['positions'\]"),
     ('{"length": [10, 20], "positions": [[1, 2], [4, 5]], "name": "mine"}', r"unknown: \['name'\]"),
     ('{"length": [10, 20], ', r"does not parse"),
     ('[10, 20]', r"must be an object with keys length, positions"),
