@@ -376,9 +376,10 @@ def run_grid(args: argparse.Namespace) -> int:
         plans = [grid.plan(c, lv, done, args.data_dir) for c, lv in pairs]
         if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
             study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
-        plans += [LengthPlan(plan, grid.lengthgen_configs(lv), evaluated, driver.params_of, args.data_dir,
-                             grid.eval_limit())
-                  for plan, (_, lv) in zip(list(plans), pairs) if grid.lengthgen_configs(lv)]
+        # A model's evaluation at length goes before its pair's next runs: results arrive as early as they can.
+        plans = [p for plan, (_, lv) in zip(plans, pairs) for p in (
+            [LengthPlan(plan, grid.lengthgen_configs(lv), evaluated, driver.params_of, args.data_dir,
+                        grid.eval_limit())] if grid.lengthgen_configs(lv) else []) + [plan]]
         finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
             print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
