@@ -75,19 +75,19 @@ MASKED = -1e30
 
 @dataclasses.dataclass(frozen=True)
 class Blocks:
-    """How :func:`blockwise_attention` cuts one pass: at most ``queries`` x ``keys`` per block, ``scores`` floats."""
+    """How :func:`blockwise_attention` cuts a pass: blocks of ``queries`` x ``keys`` at most, and as many whole
+    sequences per block as keep its scores (all heads) within ``scores``."""
 
     queries: int = 512
     keys: int = 512
-    scores: int = 1 << 18
+    scores: int = 1 << 17
 
     def plan(self, batch: int, heads: int, tq: int, tk: int) -> tuple[int, int, int]:
         """(sequences, queries, keys) per block of a pass over ``batch`` x ``heads`` x ``tq`` x ``tk`` scores."""
-        bk = max(1, min(self.keys, tk))
-        bq = max(1, min(self.queries, tq, self.scores // (heads * bk)))
+        bq, bk = max(1, min(self.queries, tq)), max(1, min(self.keys, tk))
         most = max(1, self.scores // (heads * bq * bk))
         n = -(-batch // most)
-        return -(-batch // n), bq, bk  # chunks as even as they can be: the last one barely padded
+        return -(-batch // n), bq, bk  # chunks as even as they can be
 
 
 FORWARD_BLOCKS = Blocks()
