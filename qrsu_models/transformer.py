@@ -86,8 +86,10 @@ class Blocks:
         """(sequences, queries, keys) per block of a pass over ``batch`` x ``heads`` x ``tq`` x ``tk`` scores."""
         bq, bk = max(1, min(self.queries, tq)), max(1, min(self.keys, tk))
         most = max(1, self.scores // (heads * bq * bk))
-        n = -(-batch // most)
-        return -(-batch // n), bq, bk  # chunks as even as they can be
+        even = -(-batch // -(-batch // most))  # chunks as even as they can be
+        # A divisor of the batch, if one is nearly as large: then no chunk overlaps another.
+        size = next((s for s in range(even, (even + 1) // 2 - 1, -1) if batch % s == 0), even)
+        return size, bq, bk
 
 
 FORWARD_BLOCKS = Blocks()
@@ -204,19 +206,23 @@ def _chunk(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
 
 
-def _over_chunks(fn, batch: int, size: int, buffers: tuple) -> tuple:
-    # ``buffers`` [batch, ...] filled chunk by chunk with fn(start) (a tuple of [size, ...]), in sequence. The
-    # last chunk starts at batch - size, overlapping the one before rather than padding the batch: attention
-    # is per sequence, so a sequence computed twice gets the same values twice.
+def _over_chunks(fn, batch: int, size: int, shapes: tuple) -> tuple:
+    # fn(start) (a tuple of [size, ...]) for every chunk of ``size`` sequences, in sequence, joined into arrays of
+    # ``shapes`` [batch, ...]. Chunks that divide the batch are stacked (no copy); otherwise the last chunk
+    # starts at batch - size, overlapping the one before rather than padding the batch: attention is per
+    # sequence, so a sequence computed twice gets the same values twice.
     n = -(-batch // size)
     if n == 1:
         return fn(0)
+    if batch % size == 0:
+        _, ys = jax.lax.scan(lambda _, i: (None, fn(i * size)), None, jnp.arange(n))
+        return tuple(y.reshape(batch, *y.shape[2:]) for y in ys)
 
     def body(i, bufs):
         start = jnp.minimum(i * size, batch - size)
         return tuple(jax.lax.dynamic_update_slice_in_dim(b, r, start, axis=0) for b, r in zip(bufs, fn(start)))
 
-    return jax.lax.fori_loop(0, n, body, buffers)
+    return jax.lax.fori_loop(0, n, body, tuple(jnp.zeros(s.shape, s.dtype) for s in shapes))
 
 
 def _prepare(qkv, bias, rotation, start, size: int, bk: int):
@@ -314,8 +320,8 @@ def _blockwise_forward(qkv, bias, rotation, forward: Blocks, backward: Blocks):
         out, lse = _chunk_forward(*_prepare(qkv, bias, rotation, start, size, bk), bq, bk)
         return jnp.swapaxes(out, 1, 2), lse
 
-    out, lse = _over_chunks(chunk, batch, size, (jnp.zeros((batch, steps, heads, d), qkv.dtype),
-                                                 jnp.zeros((batch, heads, steps, 1), qkv.dtype)))
+    out, lse = _over_chunks(chunk, batch, size, (jax.ShapeDtypeStruct((batch, steps, heads, d), qkv.dtype),
+                                                 jax.ShapeDtypeStruct((batch, heads, steps, 1), qkv.dtype)))
     return out, (qkv, bias, rotation, out, lse)
 
 
@@ -334,7 +340,7 @@ def _blockwise_backward(forward: Blocks, backward: Blocks, saved, dout):
             dq, dk = _rotate(dq, cos, -sin), _rotate(dk, cos, -sin)
         return (jnp.stack([dq, dk, dv], axis=2),)
 
-    (dqkv,) = _over_chunks(chunk, batch, size, (jnp.zeros_like(qkv),))
+    (dqkv,) = _over_chunks(chunk, batch, size, (jax.ShapeDtypeStruct(qkv.shape, qkv.dtype),))
     # Neither the mask nor the positions are trained.
     return dqkv, jnp.zeros_like(bias), jax.tree.map(jnp.zeros_like, rotation)
 

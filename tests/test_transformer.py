@@ -179,7 +179,8 @@ def test_blockwise_memory_is_bounded_by_its_blocks_not_the_squared_length():
 
 def test_blocks_plan_whole_sequences_up_to_their_budget():
     blocks = transformer.Blocks(queries=512, keys=512, scores=1 << 18)
-    assert blocks.plan(128, 4, 110, 110) == (5, 110, 110)  # 26 chunks of 5 (the last overlapping)
+    assert blocks.plan(128, 4, 110, 110) == (4, 110, 110)  # a divisor of the batch rather than 5
+    assert blocks.plan(127, 4, 110, 110) == (5, 110, 110)  # none near: 26 chunks, the last overlapping
     assert blocks.plan(128, 4, 501, 501) == (1, 501, 501)
     assert blocks.plan(8, 4, 5000, 5000) == (1, 512, 512)
     assert blocks.plan(3, 4, 2, 2) == (3, 2, 2)
