@@ -35,12 +35,27 @@ Padding is exact: rows are right-aligned (:func:`qrsu_models.layout.right_aligne
 out of every attention, positions count from each row's first real token (:func:`qrsu_models.layout.positions`)
 and pooling reads real tokens only, so a sequence's logits do not depend on its batch's padding.
 
-Attention is written plainly (fused q/k/v projection, einsums, a masked softmax) because flax's
-``nnx.MultiHeadAttention`` has no hook for rotary positions; ``jax.nn.dot_product_attention`` (XLA:CPU) measured
-slower than these einsums (one layer's forward plus backward at batch 32, length 110: 19.6 ms against 16.5;
-/tmp micro-benchmark beside benchmarks/train_throughput.py's transformer row). Sequences longer than a block
-budget are attended in query chunks (:func:`attend`), so evaluating at length 5,000 does not hold a
-[B, heads, T, T] score tensor.
+Attention (constructor argument ``attention``; not yet a registry option) is computed one of two ways, the same
+function to float rounding:
+
+* ``'dense'``, :func:`attention`: einsums and a masked softmax over the whole [B, heads, T, T] scores, the
+  reference (flax's ``nnx.MultiHeadAttention`` has no hook for rotary positions);
+* ``'blockwise'``, :func:`blockwise_attention`: queries and keys in blocks of at most 512 x 512, whole
+  sequences per block up to 128k scores, an online softmax across key blocks (Milakov & Gimelshein 2018; Rabe &
+  Staats 2021), and a hand-written backward pass that recomputes each block's weights from the saved
+  log-sum-exp (Dao et al. 2022), so memory is bounded by a block, not by T^2, forward and backward;
+* ``'auto'`` (default): :func:`choose_attention`, by measurement.
+
+What made the dense form slow on a 2-core CPU (XLA:CPU runs op by op): each op over the scores is a pass over
+memory, 1 GiB per layer at `nightmare` batch 128, so the softmax cost more than both matmuls together. Blocks
+that stay in the cache fix that; beyond them (benchmarks/transformer_attention.py, /tmp profiles): the key
+mask and the softmax's sum are folded into the products (an extra column of q, k and v: one pass less each);
+the backward's correction term is folded into its dO . V^T product the same way; dK and dV are produced
+transposed (a product over the weights' rows ran 1.5-2x faster as [d, k] than [k, d]); rotation, scaling and
+the [B, heads, T, d] layout are done per chunk inside the loop, in the cache, and their transposes are done by
+hand in the backward, instead of whole-batch copies and autodiff's pad/slice chains; the rotary angles are
+computed once per forward (sin and cos per layer and per q and k were a sixth of the step); the embedding is a
+one-hot product (its gradient a matmul, not a scatter-add). Softmax and products stay float32.
 """
 
 from __future__ import annotations
@@ -93,9 +108,13 @@ class Blocks:
 
 
 FORWARD_BLOCKS = Blocks()
-"""Blocks of the forward pass."""
+"""Blocks of the forward pass. Measured (benchmarks/transformer_attention.py --blocks, loaded 2-core CPU, noise
++-30%): 512 x 512 ran the forward at length 5,000 fastest (/tmp sweeps: 87 GFLOP/s against 50-76 for 128 x 512,
+256 x 1,024 and 1,024 x 1,024); in training (lengths 110 and 500), blocks of 256 x 256 or whole sequences and 32k
+to 1M scores per block were all within the noise of each other, except that chunks of 2-5 sequences at length
+110 beat 19 (1.3-1.8x)."""
 BACKWARD_BLOCKS = Blocks()
-"""Blocks of the backward pass (it recomputes the weights, so its blocks may differ)."""
+"""Blocks of the backward pass (it recomputes the weights, so its blocks may differ; none measured better)."""
 
 
 def mlp_width(mlp: int | float, hidden: int) -> int:
@@ -166,9 +185,16 @@ def attend(qkv: jax.Array, key_mask: jax.Array, rotation: tuple[jax.Array, jax.A
 
 def choose_attention(length: int, platform: str | None = None) -> str:
     """The faster attention method, by measurement, for sequences of ``length`` on ``platform`` (default: JAX's)."""
+    # benchmarks/transformer_attention.py on the 2-core CPU (loaded; ms of the loss gradient, 2 concurrent
+    # threads of a batch each, as the training step runs them), dense / blockwise:
+    #   length           8     40     80    110    500
+    #   batch 16 x 2   1.06   0.90   1.02   1.69   2.20
+    #   batch 128 x 2  1.02   1.00   1.16   1.45   3.01
+    # and the forward at 1,000 and 2,000 (batch 8) 1.5-2.0x; dense cannot hold 5,000 in memory at any useful
+    # batch. Equal (within noise) up to 80, blockwise faster beyond: blockwise on a CPU throughout.
     platform = platform or jax.default_backend()
     if platform == "cpu":
-        return "blockwise"  # TODO measured table
+        return "blockwise"
     # Not measured off a CPU: XLA fuses the dense form well on accelerators; blockwise bounds memory at length.
     return "dense" if length <= DENSE_LENGTH else "blockwise"
 
