@@ -266,9 +266,10 @@ EVAL_TOKENS = 1_000_000
 """Most tokens per evaluation batch, as the experiment's length-generalisation evaluation batches them."""
 
 
-def evaluation_cost(cell: str, length: int, sequences: int, budget: float) -> tuple[int, float, float, int]:
-    """(batch size, compile seconds, seconds for ``sequences`` of hard-len<length>, sequences timed) of the
-    evaluator's forward; extrapolated from the batches that fit in ``budget`` seconds."""
+def evaluation_cost(cell: str, length: int, sequences: int,
+                    budget: float) -> tuple[int, float, float, float, int]:
+    """(batch size, compile seconds, seconds and CPU seconds for ``sequences`` of hard-len<length>, sequences
+    timed) of the evaluator's forward; extrapolated from the batches that fit in ``budget`` seconds."""
     level = task.get_level(f"hard-len{length}")
     batch_size = max(1, min(sequences, EVAL_TOKENS // length))
     config = family_config(cell, "hard", batch_size)  # the model as trained on hard, evaluated longer
@@ -279,26 +280,28 @@ def evaluation_cost(cell: str, length: int, sequences: int, budget: float) -> tu
     step = jax.jit(functools.partial(predict_step, split)).lower(params, batches[0]).compile()
     compile_s = time.perf_counter() - t0
     wanted = -(-sequences // batch_size)  # the evaluator's batches, the last one filled with masked rows
-    elapsed, done = 0.0, 0
+    elapsed, cpu, done = 0.0, 0.0, 0
     while done < wanted and (done == 0 or elapsed < budget):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(step(params, batches[done % 2]))
-        elapsed += time.perf_counter() - t0
+        elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
         done += 1
-    return batch_size, compile_s, elapsed * wanted / done, min(done * batch_size, sequences)
+    return batch_size, compile_s, elapsed * wanted / done, cpu * wanted / done, min(done * batch_size, sequences)
 
 
 def lengths_table(cells: list[str], lengths: list[int], sequences: int, budget: float) -> None:
     """Prints the evaluation cost of every cell at every length."""
     print(f"evaluation (forward only, predict_step) of {sequences:,} sequences of hard-len<N>, batches of at most "
-          f"{EVAL_TOKENS:,} tokens; a family over {budget:g} s is extrapolated from the sequences it measured")
-    print(f"{'length':>7} {'cell':<12}{'batch':>6}{'compile s':>11}{'seconds':>10}{'s/1000 seqs':>13}{'measured':>10}")
+          f"{EVAL_TOKENS:,} tokens; a family over {budget:g} s is extrapolated from the sequences it measured; "
+          f"cpu s: the process's CPU time (all threads), which a loaded machine distorts less than seconds")
+    print(f"{'length':>7} {'cell':<12}{'batch':>6}{'compile s':>11}{'seconds':>10}{'s/1000 seqs':>13}{'cpu s':>10}"
+          f"{'measured':>10}")
     for length in lengths:
         for cell in cells:
-            bs, compile_s, seconds, measured = evaluation_cost(cell, length, sequences, budget)
+            bs, compile_s, seconds, cpu, measured = evaluation_cost(cell, length, sequences, budget)
             note = "" if measured >= sequences else "  (extrapolated)"
             print(f"{length:>7} {cell:<12}{bs:>6}{compile_s:>11.2f}{seconds:>10.1f}{seconds / sequences * 1000:>13.1f}"
-                  f"{measured:>10,}{note}", flush=True)
+                  f"{cpu:>10.1f}{measured:>10,}{note}", flush=True)
 
 
 def main() -> None:
