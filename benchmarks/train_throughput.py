@@ -1,23 +1,36 @@
-"""Training throughput: our train step (as `python -m pipelines.train` runs it) vs PyTorch vs the seed notebook.
+"""Training throughput and evaluation cost of every model family, as the pipelines run them, beside PyTorch.
 
     python benchmarks/train_throughput.py [--levels hard nightmare] [--batch-sizes 32 256]
-                                          [--cells lstm rnn gru transformer] [--seconds 3] [--no-seed]
-                                          [--compare-threads] [--unrolls 1 16]
+                                          [--cells lstm gru rnn lru mingru minlstm mamba transformer]
+                                          [--seconds 3] [--no-seed] [--compare-threads] [--unrolls 1 16]
+    python benchmarks/train_throughput.py --lengths [1000 2000 5000 10000] [--cells ...]
+                                          [--sequences 1024] [--budget 60]
 
-For each level, batch size and cell, side by side in one process: sequences per second of a full training
-step (forward, backward, Adam update) and the first step's time (compilation included), for
-- ours: `pipelines.steps.make_train_step`, the step the training pipeline uses (on one CPU device with its
-  automatic gradient threads, column `thr`);
-- torch: `nn.LSTM`/`nn.GRU`/`nn.RNN(relu)` + `nn.Linear` on one-hot inputs, Adam, in a child process
-  (skipped if torch is absent); for the transformer, `nn.TransformerEncoder` (norm_first) at the same shape
-  with a key padding mask and masked mean pooling (:func:`torch_transformer_step`);
+Training (the default). For each level, batch size and family, side by side in one process: sequences per
+second of a full training step (forward, backward, Adam update) and the first step's time (compilation
+included), each family at the leaderboard grid's size and options (``pipelines.experiment.FAMILIES``), for
+- ours: ``make_train_step``, the step the training pipeline uses (on one CPU device with its automatic gradient
+  threads, column ``thr``);
+- torch: ``nn.LSTM``/``nn.GRU``/``nn.RNN(relu)`` + ``nn.Linear`` on one-hot inputs, at the family's width, Adam,
+  in a child process (skipped if torch is absent); for the transformer, ``nn.TransformerEncoder`` (norm_first) at
+  the same shape with a key padding mask and masked mean pooling (:func:`torch_transformer_step`). Only the
+  families torch has (:data:`TORCH_CELLS`) get a torch column;
 - seed: the seed notebook's model (a Python loop over time steps) and un-jitted train step, a few steps only.
-Batches are prepared before timing, so only the step is measured.
+``ours/lstm`` divides by our LSTM's rate in the same run (list lstm first). Batches are prepared before
+timing, so only the step is measured.
+
+Evaluation cost (``--lengths``). For each length and family: the seconds to evaluate ``--sequences`` test
+sequences of ``hard-len<N>`` (the length-generalisation suite's configs, models at the size they are trained
+at on ``hard``) with the evaluator's jitted forward (``predict_step``), in batches of the experiment's size
+(at most ~1M tokens), and the seconds per 1,000 sequences. Compilation is timed apart (column ``compile s``).
+A family that would take longer than ``--budget`` seconds is timed on the batches that fit in it (at least
+one) and its total extrapolated; the ``measured`` column then says how many sequences were timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -26,11 +39,14 @@ import time
 import jax
 import numpy as np
 
-from pipelines.engine.model import create_model, create_tx
-from pipelines.engine.state import init_state
-from pipelines.engine.step import make_train_step
+# Everything this benchmark takes from the pipelines, in one place (re-point here when they move).
 from pipelines.engine.config import TrainConfig
+from pipelines.engine.evaluator import predict_step
+from pipelines.engine.grid import FAMILIES
+from pipelines.engine.model import create_model, create_tx
 from pipelines.engine.sharding import Sharding
+from pipelines.engine.state import SplitModel, init_state
+from pipelines.engine.step import make_train_step
 from qrsu_data import task
 from qrsu_models import registry
 
@@ -64,16 +80,28 @@ def _timed(step, batches, seconds: float, sync=jax.block_until_ready) -> tuple[f
     return first, n / (time.perf_counter() - t0)
 
 
+def family_config(cell: str, level: str, batch_size: int, **settings) -> TrainConfig:
+    """The training config of ``cell`` on ``level`` at the leaderboard grid's size and options."""
+    family = FAMILIES.get(cell)
+    sizes = {"hidden": family.hidden, "model_options": dict(family.options)} if family else {}
+    return TrainConfig(model=cell, difficulty=level, batch_size=batch_size, **sizes, **settings)
+
+
+def width(cell: str) -> int:
+    """The grid's width of ``cell`` (64 for a model outside the grid)."""
+    return FAMILIES[cell].hidden if cell in FAMILIES else TrainConfig.hidden
+
+
 def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
          grad_threads: int = 0, unroll: int = 0) -> tuple[float, float, int]:
     """Our train step, exactly as the training pipeline builds it; also returns its gradient threads."""
     sharding = Sharding.create()
-    config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads,
-                         unroll=unroll)
+    config = family_config(cell, level, batch_size, grad_threads=grad_threads, unroll=unroll)
     split, state = init_state(create_model(config), create_tx(config), config.padding, sharding)
     placed = [sharding.put_batch(b) for b in batches]
     holder = {"state": state}
-    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size, length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as train_step:
+    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size,
+                         length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as train_step:
 
         def step(b, block):
             holder["state"], loss = train_step(holder["state"], b)
@@ -87,18 +115,19 @@ TORCH_CELLS = ("lstm", "gru", "rnn", "transformer")
 
 
 def torch_step(cell: str, level: task.Level, batch_size: int, batches, seconds: float):
-    """PyTorch's built-in recurrent layer with the same shapes and optimizer (cuDNN's kernels on a GPU)."""
+    """PyTorch's built-in layer with the same shapes and optimizer (cuDNN's kernels on a GPU)."""
     import torch
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cell == "transformer":
         return torch_transformer_step(level, batches, seconds, device)
-    layer = {"lstm": lambda: torch.nn.LSTM(8, 64, batch_first=True),
-             "gru": lambda: torch.nn.GRU(8, 64, batch_first=True),
-             "rnn": lambda: torch.nn.RNN(8, 64, nonlinearity="relu", batch_first=True)}[cell]()
+    hidden = width(cell)
+    layer = {"lstm": lambda: torch.nn.LSTM(8, hidden, batch_first=True),
+             "gru": lambda: torch.nn.GRU(8, hidden, batch_first=True),
+             "rnn": lambda: torch.nn.RNN(8, hidden, nonlinearity="relu", batch_first=True)}[cell]()
     layer.to(device)
-    head = torch.nn.Linear(64, level.num_classes).to(device)
+    head = torch.nn.Linear(hidden, level.num_classes).to(device)
     opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=1e-4)
     eye = torch.eye(8)
     prepared = []
@@ -145,7 +174,7 @@ def torch_transformer_step(level: task.Level, batches, seconds: float, device: s
 
     from qrsu_models import transformer
 
-    hidden = 64
+    hidden = width("transformer")
     embed = torch.nn.Embedding(task.VOCAB_SIZE, hidden)
     layer = torch.nn.TransformerEncoderLayer(hidden, 4, dim_feedforward=hidden, dropout=0.0, activation="gelu",
                                              batch_first=True, norm_first=True)
@@ -231,20 +260,70 @@ def seed_step(cell: str, level: task.Level, batches, steps: int = 2) -> tuple[fl
     return first, steps / (time.perf_counter() - t0)
 
 
+LENGTHS = (1000, 2000, 5000, 10000)
+"""Sequence lengths of --lengths (the suite's hard-len<N> configs)."""
+EVAL_TOKENS = 1_000_000
+"""Most tokens per evaluation batch, as the experiment's length-generalisation evaluation batches them."""
+
+
+def evaluation_cost(cell: str, length: int, sequences: int,
+                    budget: float) -> tuple[int, float, float, float, int]:
+    """(batch size, compile seconds, seconds and CPU seconds for ``sequences`` of hard-len<length>, sequences
+    timed) of the evaluator's forward; extrapolated from the batches that fit in ``budget`` seconds."""
+    level = task.get_level(f"hard-len{length}")
+    batch_size = max(1, min(sequences, EVAL_TOKENS // length))
+    config = family_config(cell, "hard", batch_size)  # the model as trained on hard, evaluated longer
+    split, params = SplitModel.of(create_model(config), config.padding)
+    sharding = Sharding.create()
+    batches = [sharding.put_batch(b) for b in make_batches(level, batch_size, 2, seed=length)]
+    t0 = time.perf_counter()
+    step = jax.jit(functools.partial(predict_step, split)).lower(params, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    wanted = -(-sequences // batch_size)  # the evaluator's batches, the last one filled with masked rows
+    elapsed, cpu, done = 0.0, 0.0, 0
+    while done < wanted and (done == 0 or elapsed < budget):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(step(params, batches[done % 2]))
+        elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
+        done += 1
+    return batch_size, compile_s, elapsed * wanted / done, cpu * wanted / done, min(done * batch_size, sequences)
+
+
+def lengths_table(cells: list[str], lengths: list[int], sequences: int, budget: float) -> None:
+    """Prints the evaluation cost of every cell at every length."""
+    print(f"evaluation (forward only, predict_step) of {sequences:,} sequences of hard-len<N>, batches of at most "
+          f"{EVAL_TOKENS:,} tokens; a family over {budget:g} s is extrapolated from the sequences it measured; "
+          f"cpu s: the process's CPU time (all threads), which a loaded machine distorts less than seconds")
+    print(f"{'length':>7} {'cell':<12}{'batch':>6}{'compile s':>11}{'seconds':>10}{'s/1000 seqs':>13}{'cpu s':>10}"
+          f"{'measured':>10}")
+    for length in lengths:
+        for cell in cells:
+            bs, compile_s, seconds, cpu, measured = evaluation_cost(cell, length, sequences, budget)
+            note = "" if measured >= sequences else "  (extrapolated)"
+            print(f"{length:>7} {cell:<12}{bs:>6}{compile_s:>11.2f}{seconds:>10.1f}{seconds / sequences * 1000:>13.1f}"
+                  f"{cpu:>10.1f}{measured:>10,}{note}", flush=True)
+
+
 def main() -> None:
     """Runs every case and prints one table with ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", nargs="+", default=["hard", "nightmare"], choices=list(task.LEVELS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
-    p.add_argument("--cells", nargs="+", default=["lstm", "rnn", "gru"], choices=list(registry.names()),
-                   help="registered model names (PyTorch has a counterpart of lstm, rnn, gru and transformer only); "
-                        "list lstm first for the ours/lstm column")
+    p.add_argument("--cells", nargs="+", default=list(FAMILIES), choices=list(registry.names()),
+                   help="registered model names, by default every family of the leaderboard grid at its size "
+                        "(PyTorch has a counterpart of lstm, gru, rnn and transformer only); list lstm first for "
+                        "the ours/lstm column")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case")
     p.add_argument("--no-seed", action="store_true", help="skip the (slow) seed-notebook formulation")
     p.add_argument("--compare-threads", action="store_true",
                    help="also time our step on one gradient thread and print the threads' gain")
     p.add_argument("--unrolls", nargs="+", type=int, default=[],
                    help="also time our step with each of these --unroll values (seq/s and first step)")
+    p.add_argument("--lengths", nargs="*", type=int,
+                   help=f"instead of training, time evaluation at these lengths (no value: {LENGTHS})")
+    p.add_argument("--sequences", type=int, default=1024, help="--lengths: sequences evaluated per case")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="--lengths: most timed seconds per case; a slower case is extrapolated")
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
@@ -252,6 +331,10 @@ def main() -> None:
         level = task.get_level(level_name)
         first, rate = torch_step(cell, level, int(bs), make_batches(level, int(bs), 8), float(seconds))
         print(json.dumps({"first": first, "steps_per_s": rate}))
+        return
+    if args.lengths is not None:
+        print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+        lengths_table(args.cells, args.lengths or list(LENGTHS), args.sequences, args.budget)
         return
     try:
         import torch

@@ -1,8 +1,9 @@
-"""The Transformer family: its attention mask, its encoder layer against the equations, rotary positions, its
-long-sequence chunking, and that it learns."""
+"""The Transformer family: its attention mask, its encoder layer against the equations, rotary positions, every
+attention method against the dense one (values and gradients, padded), and the blockwise one's bounded memory."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,13 +13,17 @@ from qrsu_data import task
 from qrsu_models import registry, transformer
 
 
-def _build(**options):
-    return registry.get("transformer").build(num_classes=4, max_length=12, seed=0, options=options)
+def _build(attention="auto", **options):
+    model = registry.get("transformer").build(num_classes=4, max_length=12, seed=0, options=options)
+    for block in model.blocks:
+        block.attention = attention  # not a registry option: the method is the model's own business
+    return model
 
 
-@pytest.mark.parametrize("options", [{"positions": p} for p in transformer.POSITIONS] + [{"pool": "last"}])
-def test_padded_tokens_are_masked_out(options):
-    model = _build(**options)
+@pytest.mark.parametrize(("options", "attention"), [({"positions": p}, "blockwise") for p in transformer.POSITIONS]
+                         + [({"pool": "last"}, "blockwise"), ({}, "dense")])
+def test_padded_tokens_are_masked_out(options, attention):
+    model = _build(attention, **options)
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, task.VOCAB_SIZE, (3, 10)).astype(np.int32)
     lengths = np.array([4, 7, 10], np.int32)
@@ -78,14 +83,16 @@ def _reference_layer(layer, x, mask, positions, rotary):
     return x + gelu @ p["down.kernel"] + p["down.bias"]
 
 
+@pytest.mark.parametrize("attention", ["dense", "blockwise"])
 @pytest.mark.parametrize("rotary", [False, True])
-def test_the_encoder_layer_is_pre_ln_attention_and_mlp(rotary):
-    layer = transformer.EncoderLayer(16, 4, 24, rotary=rotary, rngs=nnx.Rngs(3))
+def test_the_encoder_layer_is_pre_ln_attention_and_mlp(rotary, attention):
+    layer = transformer.EncoderLayer(16, 4, 24, rotary=rotary, rngs=nnx.Rngs(3), attention=attention)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 7, 16))
     mask = np.arange(7)[None, :] >= np.array([[2], [0]])
     positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)
-    got = layer(jnp.asarray(x, jnp.float32), jnp.asarray(mask), jnp.asarray(positions))
+    rotation = transformer.rotation(jnp.asarray(positions), 4) if rotary else None
+    got = nnx.jit(lambda m, *a: m(*a))(layer, jnp.asarray(x, jnp.float32), jnp.asarray(mask), rotation)
     want = _reference_layer(layer, x, mask, positions, rotary)
     np.testing.assert_allclose(np.asarray(got)[mask], want[mask], rtol=2e-4, atol=2e-4)
 
@@ -104,15 +111,79 @@ def test_rotary_scores_depend_on_relative_positions_only():
                                _rotary_reference(np.asarray(q), np.asarray(pos)), rtol=1e-5, atol=1e-5)
 
 
-def test_the_fast_and_the_chunked_attention_equal_the_plain_one():
+BLOCKINGS = [
+    (transformer.FORWARD_BLOCKS, transformer.BACKWARD_BLOCKS),  # the defaults: one block per chunk here
+    (transformer.Blocks(8, 8, 1), transformer.Blocks(16, 8, 1)),  # a sequence per chunk, the last blocks short
+    (transformer.Blocks(16, 8, 2 * 16 * 8 * 2), transformer.Blocks(8, 16, 2 * 8 * 16 * 3)),  # overlapping chunks
+]
+
+
+@pytest.mark.parametrize(("blocks", "rotary"), [(0, True), (1, False), (2, True)])
+def test_every_attention_method_equals_the_dense_one_in_values_and_gradients(blocks, rotary, monkeypatch):
+    monkeypatch.setattr(transformer, "FORWARD_BLOCKS", BLOCKINGS[blocks][0])
+    monkeypatch.setattr(transformer, "BACKWARD_BLOCKS", BLOCKINGS[blocks][1])
+    rng = np.random.default_rng(blocks)
+    batch, steps, heads, d = 5, 37, 2, 8
+    qkv = jnp.asarray(rng.normal(size=(batch, steps, 3, heads, d)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(batch, steps, heads, d)), jnp.float32)
+    lengths = np.array([37, 20, 0, 1, 30])  # row 2 has no real token at all, row 3 one
+    mask = jnp.asarray(np.arange(steps)[None, :] >= steps - lengths[:, None])
+    rotation = transformer.rotation(jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 0), d) if rotary else None
+    # Only real queries count (a padded query's output is never read), and only real rows' gradients.
+    real = mask[..., None, None]
+
+    def loss(x, method):
+        return (jnp.where(real, transformer.attend(x, mask, rotation, method), 0.0) * weights).sum()
+
+    gradient = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    attend = jax.jit(transformer.attend, static_argnums=3)
+    want, want_grad = gradient(qkv, "dense")
+    want_out = np.asarray(attend(qkv, mask, rotation, "dense"))[np.asarray(mask)]
+    for method in transformer.ATTENTIONS[1:]:
+        got, grad = gradient(qkv, method)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-4, atol=2e-6)
+        out = np.asarray(attend(qkv, mask, rotation, method))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out[np.asarray(mask)], want_out, rtol=1e-5, atol=2e-6)
+    # The mask is what makes the padded keys irrelevant: unmasked, they change the result.
+    unmasked = attend(qkv, jnp.ones_like(mask), rotation, "blockwise")
+    assert abs(float(want) - float((jnp.where(real, unmasked, 0.0) * weights).sum())) > 1e-2
+
+
+def test_blockwise_attention_takes_the_plain_arguments():
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 37, 2, 4)), jnp.float32) for _ in range(3))
     mask = jnp.arange(37)[None, :] >= jnp.array([[5], [0]])
     plain = np.asarray(transformer.attention(q, k, v, mask))
-    np.testing.assert_allclose(np.asarray(transformer.attention_deferred(q, k, v, mask)), plain, rtol=1e-5, atol=1e-6)
-    chunked = transformer.attend(q, k, v, mask, score_block=2 * 2 * 37 * 8)  # chunks of 8 queries, the last short
-    np.testing.assert_allclose(np.asarray(chunked), plain, rtol=1e-5, atol=1e-6)
+    blockwise = jax.jit(transformer.blockwise_attention)(q, k, v, mask)
+    np.testing.assert_allclose(np.asarray(blockwise), plain, rtol=1e-5, atol=1e-6)
     assert np.abs(np.asarray(transformer.attention(q, k, v, ~mask)) - plain).max() > 0.1  # the mask matters
+
+
+def test_blockwise_memory_is_bounded_by_its_blocks_not_the_squared_length():
+    steps, heads, d = 4096, 4, 16
+    x = jax.ShapeDtypeStruct((1, steps, 3, heads, d), jnp.float32)
+    mask = jax.ShapeDtypeStruct((1, steps), jnp.bool_)
+
+    def temp(method):
+        fn = jax.jit(lambda a, m: transformer.attend(a, m, None, method))
+        return fn.lower(x, mask).compile().memory_analysis().temp_size_in_bytes
+
+    scores = heads * steps * steps * 4  # 256 MiB of float32 scores, were they all held at once
+    assert temp("dense") > scores  # what the bound is against
+    blocks = transformer.FORWARD_BLOCKS
+    block_bytes = 4 * max(blocks.scores, heads * blocks.queries * blocks.keys)
+    assert temp("blockwise") < 4 * block_bytes + 64 * steps * 3 * heads * d
+
+
+def test_blocks_plan_whole_sequences_up_to_their_budget():
+    blocks = transformer.Blocks(queries=512, keys=512, scores=1 << 18)
+    assert blocks.plan(128, 4, 110, 110) == (4, 110, 110)  # a divisor of the batch rather than 5
+    assert blocks.plan(127, 4, 110, 110) == (5, 110, 110)  # none near: 26 chunks, the last overlapping
+    assert blocks.plan(128, 4, 501, 501) == (1, 501, 501)
+    assert blocks.plan(8, 4, 5000, 5000) == (1, 512, 512)
+    assert blocks.plan(3, 4, 2, 2) == (3, 2, 2)
 
 
 def test_learned_positions_are_clamped_beyond_the_table():
@@ -136,6 +207,8 @@ def test_sizes_and_bad_options():
         _build(pool="max")
     with pytest.raises(ValueError, match="hidden 64 must be a multiple of heads 5"):
         _build(heads=5)
+    with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of: auto, dense, blockwise"):
+        transformer.TransformerClassifier(attention="flash", rngs=nnx.Rngs(0))
 
 
 # That each family learns easy (above 99% test accuracy within 3,200 sequences) is tested through the
