@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from pipelines import steps
+from pipelines import experiment, steps
 from pipelines.config import TrainConfig
 from pipelines.sharding import Sharding
 from qrsu_data import task
@@ -66,8 +66,12 @@ def ours(cell: str, level: str, batch_size: int, batches, seconds: float,
          grad_threads: int = 0, unroll: int = 0) -> tuple[float, float, int]:
     """Our train step, exactly as the training pipeline builds it; also returns its gradient threads."""
     sharding = Sharding.create()
+    # Families torch has no counterpart of run at the experiment grid's size (mamba 48, mingru 72, ...); the
+    # others stay at 64, torch's shape here.
+    size = {} if cell in TORCH_CELLS else {"hidden": experiment.family(cell).hidden,
+                                           "model_options": json.loads(experiment.family(cell).options_json())}
     config = TrainConfig(model=cell, difficulty=level, batch_size=batch_size, grad_threads=grad_threads,
-                         unroll=unroll)
+                         unroll=unroll, **size)
     split, state = steps.init_state(steps.create_model(config), steps.create_tx(config), config, sharding)
     placed = [sharding.put_batch(b) for b in batches]
     holder = {"state": state}
