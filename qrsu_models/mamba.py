@@ -126,44 +126,45 @@ CHUNK = 16
 """Steps per recomputed chunk of the full-output 'fused-adjoint' backward pass (its stored states: one per chunk)."""
 
 
+def _tiled(fn, rows: int, *arrays: tuple[jax.Array, int]) -> jax.Array:
+    """fn applied to batch tiles of TILE rows (zero rows padded; each array with its batch axis), stacked first."""
+    pad = -rows % TILE
+
+    def split(v, axis):
+        v = jnp.pad(v, [(0, pad) if i == axis else (0, 0) for i in range(v.ndim)])
+        return jnp.moveaxis(v.reshape(*v.shape[:axis], -1, TILE, *v.shape[axis + 1:]), axis, 0)
+
+    return jax.lax.map(lambda t: fn(*t), tuple(split(v, axis) for v, axis in arrays))
+
+
 def adjoint_selective_scan(dt: jax.Array, x: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array,
                            last: bool = False) -> jax.Array:
     """:func:`selective_scan` (``last``: c is C_{T-1} [B, N]) with hand-written backward passes, by batch tiles."""
     u = dt * x  # the drive's input; its product rule is left to autodiff
-    scan = _last_readout if last else _outputs
     rows = dt.shape[1]
-    if rows <= TILE:
-        return scan(dt, u, b, c, a)
-    pad = -rows % TILE  # zero rows: u = 0 feeds their state nothing
-    tiles = rows // TILE + bool(pad)
-
-    def split(v, axis):
-        v = jnp.pad(v, [(0, pad) if i == axis else (0, 0) for i in range(v.ndim)])
-        return jnp.moveaxis(v.reshape(*v.shape[:axis], tiles, TILE, *v.shape[axis + 1:]), axis, 0)
-
-    ys = jax.lax.map(lambda t: scan(*t, a), (split(dt, 1), split(u, 1), split(b, 1), split(c, 0 if last else 1)))
     if last:
+        if rows <= TILE:
+            return _last_readout(dt, u, b, c, a)
+        ys = _tiled(lambda *t: _last_readout(*t, a), rows, (dt, 1), (u, 1), (b, 1), (c, 0))
         return ys.reshape(-1, ys.shape[-1])[:rows]
+    if rows <= TILE:
+        return _outputs(dt, u, b, c, a)
+    ys = _tiled(lambda *t: _outputs(*t, a), rows, (dt, 1), (u, 1), (b, 1), (c, 1))  # padded rows: u = 0
     return jnp.moveaxis(ys, 0, 1).reshape(ys.shape[1], -1, ys.shape[-1])[:, :rows]
 
 
 # The last step in closed form. Unrolled, h_{T-1} = sum_t exp(A S_t) dt_t B_t x_t with S_t = dt_{t+1} + ... +
 # dt_{T-1} (0 for the last step): each step's term is independent of the others, so the forward pass is one loop
 # accumulating the terms (back to front, carrying S), and the backward pass needs no stored or recomputed states:
-# with G = C_{T-1} dy (the cotangent of h_{T-1}), step t's term gives du_t = sum_n G E_t B_t, dB_t = sum_d G E_t u_t,
-# dS_t = u_t sum_n A G E_t B_t (E_t = exp(A S_t)) and dA = sum S_t u_t G E_t B_t; dt_s gets sum_{t<s} dS_t. Padding
-# stays exact: padded steps come first with u = 0, so their terms are 0 and so are their dS. Measured (T=111,
-# B=16, forward + backward of the scan): 4.3 ms against 14.6 ms for autodiff of the fused loop's last step, and
-# 10-13 ms for the closed form by chunks of 4-16 steps left to autodiff.
+# with G the cotangent of h_{T-1} (C_{T-1} dy for the read-out), step t's term gives du_t = sum_n G E_t B_t,
+# dB_t = sum_d G E_t u_t, dS_t = u_t sum_n A G E_t B_t (E_t = exp(A S_t)) and dA = sum S_t u_t G E_t B_t; dt_s
+# gets sum_{t<s} dS_t. Padding stays exact: padded steps come first with u = 0, so their terms are 0 and so are
+# their dS. Measured (T=111, B=16, forward + backward of the scan): 4.3 ms against 14.6 ms for autodiff of the
+# fused loop's last step, and 10-13 ms for the closed form by chunks of 4-16 steps left to autodiff.
 
 
-@jax.custom_vjp
-def _last_readout(dt: jax.Array, u: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array) -> jax.Array:
-    """y_{T-1} [B, D] = C_{T-1} h_{T-1} of the recurrence driven by u_t = dt_t x_t."""
-    return _last_forward(dt, u, b, c, a)[0]
-
-
-def _last_forward(dt, u, b, c, a):
+def _closed_forward(dt: jax.Array, u: jax.Array, b: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(h_{T-1} [B, N, D], S [T, B, D]) of the recurrence driven by u_t = dt_t x_t, in closed form."""
     a_nd = a.T  # [N, D]
 
     def step(carry, inputs):
@@ -174,29 +175,98 @@ def _last_forward(dt, u, b, c, a):
 
     h0 = jnp.zeros((u.shape[1], a.shape[1], u.shape[2]), u.dtype)
     (h, _), s = jax.lax.scan(step, (h0, jnp.zeros_like(dt[0])), (dt, u, b), reverse=True)
-    return jnp.sum(h * c[..., None], 1), (s, u, b, c, a, h)
+    return h, s
 
 
-def _last_backward(res, dy):
-    s, u, b, c, a, h = res
+def _closed_backward(s: jax.Array, u: jax.Array, b: jax.Array, a: jax.Array, g: jax.Array) -> tuple[jax.Array, ...]:
+    """(ddt, du, db, da) of _closed_forward's h_{T-1}, given its cotangent g [B, N, D] and S."""
     a_nd = a.T
-    g = c[..., None] * dy[:, None, :]  # [B, N, D]
 
     def step(carry, inputs):
         prefix, acc = carry  # prefix: sum of dS over the earlier steps
         s_t, u_t, b_t = inputs
-        gb = g * jnp.exp(s_t[:, None, :] * a_nd) * b_t[..., None]
+        e = g * jnp.exp(s_t[:, None, :] * a_nd)
+        gb = e * b_t[..., None]
         du, gba = _sum2(gb, gb * a_nd, 1)
-        db = _split_sum(g * jnp.exp(s_t[:, None, :] * a_nd) * u_t[:, None, :])
-        ds = u_t * gba
+        db = _split_sum(e * u_t[:, None, :])
         # dA's sum over the batch waits until after the loop: one elementwise update per step, no reduction.
-        return (prefix + ds, acc + gb * (s_t * u_t)[:, None, :]), (prefix, du, db)
+        return (prefix + u_t * gba, acc + gb * (s_t * u_t)[:, None, :]), (prefix, du, db)
 
-    (_, acc), (ddt, du, db) = jax.lax.scan(step, (jnp.zeros_like(s[0]), jnp.zeros_like(h)), (s, u, b))
-    return ddt, du, db, _split_sum(h * dy[:, None, :]), acc.sum(0).T
+    (_, acc), (ddt, du, db) = jax.lax.scan(step, (jnp.zeros_like(s[0]), jnp.zeros_like(g)), (s, u, b))
+    return ddt, du, db, acc.sum(0).T
 
 
-_last_readout.defvjp(_last_forward, _last_backward)
+@jax.custom_vjp
+def _last_readout(dt: jax.Array, u: jax.Array, b: jax.Array, c: jax.Array, a: jax.Array) -> jax.Array:
+    """y_{T-1} [B, D] = C_{T-1} h_{T-1} of the recurrence driven by u_t = dt_t x_t."""
+    return _last_readout_forward(dt, u, b, c, a)[0]
+
+
+def _last_readout_forward(dt, u, b, c, a):
+    h, s = _closed_forward(dt, u, b, a)
+    return jnp.sum(h * c[..., None], 1), (s, u, b, c, a, h)
+
+
+def _last_readout_backward(res, dy):
+    s, u, b, c, a, h = res
+    ddt, du, db, da = _closed_backward(s, u, b, a, c[..., None] * dy[:, None, :])
+    return ddt, du, db, _split_sum(h * dy[:, None, :]), da
+
+
+_last_readout.defvjp(_last_readout_forward, _last_readout_backward)
+
+
+def ssm_inputs(params: tuple[jax.Array, ...], x: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+    """(x', Delta, the projection's other columns) [T, B, ...] from a mixer's x half [T, B, E]; x' = 0 at padding.
+
+    ``params``: (conv kernel [K, E], conv bias [E], x_proj's Delta-rank and further columns [E, R + M], dt_proj's
+    kernel [R, E] and bias [E]).
+    """
+    kernel, bias, w, dt_w, dt_b = params
+    # x is masked before the conv (a causal conv over left padding must see zeros) and after it (its bias).
+    x = jnp.where(mask, jax.nn.silu(causal_conv(jnp.where(mask, x, 0.0), kernel, bias)), 0.0)
+    dt_low, rest = jnp.split(stack.dense(lambda v: v @ w, x), [dt_w.shape[0]], axis=-1)
+    return x, jax.nn.softplus(stack.dense(lambda v: v @ dt_w, dt_low) + dt_b), rest
+
+
+# The classifier's last block ('fused-adjoint', last step only): the SSM's position-wise inputs and the closed form
+# in one custom VJP per batch tile, whose backward pass recomputes the inputs (one tile's [T, TILE, E] arrays stay
+# in cache) instead of storing them; autodiff of the same (benchmarks/selective_scan.py, whole model, T=111,
+# B=128) stores a dozen [T, B, E] residuals and ran 1.6x slower.
+
+
+@jax.custom_vjp
+def _mixer_state(params: tuple[jax.Array, ...], a: jax.Array, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+    """(h_{T-1} [B, N, E], x'_{T-1} [B, E]) of the SSM over ssm_inputs(params, x, mask)."""
+    return _mixer_state_forward(params, a, x, mask)[0]
+
+
+def _mixer_state_forward(params, a, x, mask):
+    xs, dt, b = ssm_inputs(params, x, mask)
+    h, s = _closed_forward(dt, dt * xs, b, a)
+    return (h, xs[-1]), (params, a, x, mask, s)
+
+
+def _mixer_state_backward(res, cotangents):
+    params, a, x, mask, s = res
+    g, dxs_last = cotangents
+    (xs, dt, b), inputs_vjp = jax.vjp(lambda p, v: ssm_inputs(p, v, mask), params, x)
+    ddt, du, db, da = _closed_backward(s, dt * xs, b, a, g)
+    dparams, dx = inputs_vjp(((du * dt).at[-1].add(dxs_last), ddt + du * xs, db))
+    return dparams, da, dx, None
+
+
+_mixer_state.defvjp(_mixer_state_forward, _mixer_state_backward)
+
+
+def mixer_last_state(params: tuple[jax.Array, ...], a: jax.Array, x: jax.Array,
+                     mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(h_{T-1} [B, N, E], x'_{T-1} [B, E]) of the SSM over ssm_inputs(params, x, mask), by batch tiles."""
+    rows = x.shape[1]
+    if rows <= TILE:
+        return _mixer_state(params, a, x, mask)
+    h, xs = _tiled(lambda v, m: _mixer_state(params, a, v, m), rows, (x, 1), (mask, 1))  # padded rows: mask False
+    return h.reshape(-1, *h.shape[2:])[:rows], xs.reshape(-1, xs.shape[-1])[:rows]
 
 
 # Every step's output: the forward loop stores one state per CHUNK steps; the backward pass recomputes a chunk's
@@ -286,8 +356,8 @@ _outputs.defvjp(_outputs_forward, _outputs_backward)
 
 SCANS: tuple[str, ...] = (*METHODS, "fused", "fused-adjoint")
 """Mamba's ``scan`` option: a method of :mod:`qrsu_models.scan` over the materialised coefficients, 'fused'
-(:func:`fused_selective_scan`) or 'fused-adjoint' (:func:`adjoint_selective_scan`); 'auto' is 'fused-adjoint'
-on CPU and 'parallel' on a GPU or TPU."""
+(:func:`fused_selective_scan`) or 'fused-adjoint' (:func:`adjoint_selective_scan`, and the classifier's last
+block through :func:`mixer_last_state`); 'auto' is 'fused-adjoint' on CPU and 'parallel' on a GPU or TPU."""
 
 
 def resolve_scan(method: str) -> str:
@@ -341,19 +411,23 @@ class Mamba(nnx.Module):
 
     def _mix(self, x: jax.Array, z: jax.Array, mask: jax.Array, last: bool) -> jax.Array:
         # x [T, B, E*H]; z likewise, or with ``last`` its last step [B, E*H].
-        x = jnp.where(mask, x, 0.0)
-        x = jnp.where(mask, jax.nn.silu(causal_conv(x, self.conv_kernel[...], self.conv_bias[...])), 0.0)
+        w = self.x_proj.kernel[...]
         split = self.rank + self.state
-        if last:  # C is read at the last step only
-            w = self.x_proj.kernel[...]
-            dt_low, b = jnp.split(stack.dense(lambda v: v @ w[:, :split], x), [self.rank], axis=-1)
-            c = x[-1] @ w[:, split:]
+        a = -jnp.exp(self.a_log[...])
+        params = (self.conv_kernel[...], self.conv_bias[...], w[:, :split] if last else w,
+                  self.dt_proj.kernel[...], self.dt_proj.bias[...])
+        if last and resolve_scan(self.scan_method) == "fused-adjoint":
+            h, x = mixer_last_state(params, a, x, mask)  # [B, N, E*H], [B, E*H]
+            y = jnp.einsum("bne,bn->be", h, x @ w[:, split:])
         else:
-            dt_low, b, c = jnp.split(stack.dense(self.x_proj, x), [self.rank, split], axis=-1)
-        dt = jax.nn.softplus(stack.dense(self.dt_proj, dt_low))  # [T, B, E*H]
-        y = selective_scan(dt, x, b, c, -jnp.exp(self.a_log[...]), self.scan_method, last)
-        if last:
-            x = x[-1]
+            x, dt, bc = ssm_inputs(params, x, mask)
+            if last:  # C is read at the last step only
+                b, c = bc, x[-1] @ w[:, split:]
+            else:
+                b, c = jnp.split(bc, [self.state], axis=-1)
+            y = selective_scan(dt, x, b, c, a, self.scan_method, last)
+            if last:
+                x = x[-1]
         return stack.dense(self.out_proj, (y + self.d[...] * x) * jax.nn.silu(z))
 
 

@@ -65,15 +65,16 @@ def test_scan_choices_are_checked():
 
 
 def _selective_loop(dt, x, b, c, a):
-    h, ys = jnp.zeros((*x.shape[1:], a.shape[1])), []
-    for t in range(x.shape[0]):
-        h = jnp.exp(dt[t][..., None] * a) * h + (dt[t] * x[t])[..., None] * b[t][:, None, :]
-        ys.append(jnp.einsum("bdn,bn->bd", h, c[t]))
-    return jnp.stack(ys)
+    def step(h, inputs):  # the paper's recurrence, one step at a time
+        dt_t, x_t, b_t, c_t = inputs
+        h = jnp.exp(dt_t[..., None] * a) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
+        return h, jnp.einsum("bdn,bn->bd", h, c_t)
+
+    return jax.lax.scan(step, jnp.zeros((*x.shape[1:], a.shape[1])), (dt, x, b, c))[1]
 
 
 @pytest.mark.parametrize("last", [False, True], ids=["every-step", "last-step"])
-def test_mambas_selective_scans_match_a_python_loop_in_value_and_gradient(last):
+def test_mambas_selective_scans_match_a_step_by_step_loop_in_value_and_gradient(last):
     # More rows than a tile (two tiles, the second padded) and a length that is no multiple of a chunk; padded
     # steps first, with x = 0 but dt > 0 there, as the mixer makes them.
     steps, rows, channels, state = 2 * mamba.CHUNK + 5, mamba.TILE + 4, 32, 4
@@ -223,7 +224,7 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
     reference = jax.value_and_grad(reference_loss)  # op by op: on these few steps faster than compiling the loops
     first = None  # (parameters, reference value, reference gradients) of the first method
     # The CPU default (the hand-written backward pass; Mamba's 'fused-adjoint') and the accelerators' parallel
-    # scan (Mamba's other scans: test_mambas_selective_scans_match_a_python_loop_in_value_and_gradient).
+    # scan (Mamba's other scans: test_mambas_selective_scans_match_a_step_by_step_loop_in_value_and_gradient).
     for method in ("fused-adjoint" if name == "mamba" else "adjoint", "parallel"):
         model = registry.get(name).build(num_classes=3, max_length=12, seed=0,
                                          options={**SMALL[name], "scan": method})
@@ -248,6 +249,33 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
             where = f"{method} {jax.tree_util.keystr(path)}"
             assert np.abs(np.asarray(flat_want[path])).max() > 0, where  # every parameter matters
             np.testing.assert_allclose(g, flat_want[path], rtol=2e-4, atol=2e-5, err_msg=where)
+
+
+def test_mambas_fused_adjoint_model_matches_its_simple_scan_over_several_batch_tiles():
+    # The classifier's last block takes the custom VJP of the SSM's inputs and closed form, by batch tiles; the
+    # simple scan (materialised coefficients, sequential lax.scan, autodiff) is the reference.
+    rng = np.random.default_rng(3)
+    rows, steps = mamba.TILE + 5, 21
+    lengths = jnp.asarray(rng.integers(1, steps + 1, rows))
+    tokens = jnp.asarray(rng.integers(0, 8, (rows, steps)), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(rows, 3)), jnp.float32)
+    results = []
+    for method in ("fused-adjoint", "sequential"):
+        model = registry.get("mamba").build(num_classes=3, max_length=steps, seed=0,
+                                            options={"hidden": 16, "state": 4, "scan": method})
+        graphdef, state = nnx.split(model, nnx.Param)
+
+        def loss(params):
+            nnx.replace_by_pure_dict(state, params)
+            return jnp.sum(nnx.merge(graphdef, state)(tokens, lengths) * w)
+
+        results.append(jax.jit(jax.value_and_grad(loss))(nnx.to_pure_dict(state)))
+    (got, grads), (want, want_grads) = results
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        ref = dict(jax.tree_util.tree_flatten_with_path(want_grads)[0])[path]
+        assert np.abs(np.asarray(ref)).max() > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(g, ref, rtol=2e-4, atol=2e-5 * np.abs(ref).max(), err_msg=jax.tree_util.keystr(path))
 
 
 def test_defaults_sizes():
