@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qrsu_models import registry, scan
+from qrsu_models import mamba, registry, scan
 
 FAMILIES = ("lru", "mingru", "minlstm", "mamba")
 
@@ -59,8 +59,47 @@ def test_scan_choices_are_checked():
     with pytest.raises(ValueError, match="unknown scan 'fast'"):
         registry.get("lru").build(num_classes=4, max_length=8, seed=0, options={"scan": "fast"})
     with pytest.raises(ValueError, match="unknown scan 'fast'; choose one of: auto, sequential, adjoint, parallel, "
-                                         "fused"):
+                                         "fused, fused-adjoint"):
         registry.get("mamba").build(num_classes=4, max_length=8, seed=0, options={"scan": "fast"})
+    assert mamba.resolve_scan("auto") == ("fused-adjoint" if jax.default_backend() == "cpu" else "parallel")
+
+
+def _selective_loop(dt, x, b, c, a):
+    def step(h, inputs):  # the paper's recurrence, one step at a time
+        dt_t, x_t, b_t, c_t = inputs
+        h = jnp.exp(dt_t[..., None] * a) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
+        return h, jnp.einsum("bdn,bn->bd", h, c_t)
+
+    return jax.lax.scan(step, jnp.zeros((*x.shape[1:], a.shape[1])), (dt, x, b, c))[1]
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["every-step", "last-step"])
+def test_mambas_selective_scans_match_a_step_by_step_loop_in_value_and_gradient(last):
+    # More rows than a tile (two tiles, the second padded) and a length that is no multiple of a chunk; padded
+    # steps first, with x = 0 but dt > 0 there, as the mixer makes them.
+    steps, rows, channels, state = 2 * mamba.CHUNK + 5, mamba.TILE + 4, 32, 4
+    rng = np.random.default_rng(2)
+    real = (np.arange(steps)[:, None] >= rng.integers(0, steps // 2, rows)[None, :])[..., None]
+    dt = np.log1p(np.exp(rng.normal(-2.0, 1.0, (steps, rows, channels))))
+    x = rng.normal(size=(steps, rows, channels)) * real
+    b, c = rng.normal(size=(2, steps, rows, state))
+    a = -np.arange(1, state + 1) * rng.uniform(0.5, 1.5, (channels, state))
+    w = rng.normal(size=(rows, channels) if last else (steps, rows, channels))
+    args = tuple(jnp.asarray(v, jnp.float32) for v in (dt, x, b, c, a))
+    w = jnp.asarray(w, jnp.float32)
+
+    def reference(*args):
+        y = _selective_loop(*args)
+        return jnp.sum((y[-1] if last else y) * w)
+
+    want, want_grads = jax.jit(jax.value_and_grad(reference, argnums=range(5)))(*args)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in want_grads)  # every input matters: the checks can fail
+    for method in ("sequential", "fused", "fused-adjoint"):
+        got, grads = jax.jit(jax.value_and_grad(
+            lambda *a, m=method: jnp.sum(mamba.selective_scan(*a, method=m, last=last) * w), argnums=range(5)))(*args)
+        np.testing.assert_allclose(got, want, rtol=1e-4, err_msg=method)
+        for name, g, ref in zip("dt x b c a".split(), grads, want_grads):
+            np.testing.assert_allclose(g, ref, rtol=2e-4, atol=2e-5 * np.abs(ref).max(), err_msg=f"{method} d{name}")
 
 
 # ------------------------------------------------------- each family against its paper's equations, step by step
@@ -184,8 +223,9 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
 
     reference = jax.value_and_grad(reference_loss)  # op by op: on these few steps faster than compiling the loops
     first = None  # (parameters, reference value, reference gradients) of the first method
-    # The CPU default (the hand-written backward pass; Mamba's fused loop) and the accelerators' parallel scan.
-    for method in ("fused" if name == "mamba" else "adjoint", "parallel"):
+    # The CPU default (the hand-written backward pass; Mamba's 'fused-adjoint') and the accelerators' parallel
+    # scan (Mamba's other scans: test_mambas_selective_scans_match_a_step_by_step_loop_in_value_and_gradient).
+    for method in ("fused-adjoint" if name == "mamba" else "adjoint", "parallel"):
         model = registry.get(name).build(num_classes=3, max_length=12, seed=0,
                                          options={**SMALL[name], "scan": method})
         graphdef, state = nnx.split(model, nnx.Param)
@@ -195,7 +235,7 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
             nnx.replace_by_pure_dict(state, params)
             return jnp.sum(nnx.merge(graphdef, state)(tokens, lengths) * w)
 
-        if method == "parallel":  # the same parameters (the scan is no parameter), so the same reference
+        if first:  # the same parameters (the scan is no parameter), so the same reference
             jax.tree.map(np.testing.assert_array_equal, params, first[0])
         else:
             first = params, *reference(params)
@@ -209,6 +249,33 @@ def test_each_family_computes_its_papers_equations_in_value_and_gradient(name):
             where = f"{method} {jax.tree_util.keystr(path)}"
             assert np.abs(np.asarray(flat_want[path])).max() > 0, where  # every parameter matters
             np.testing.assert_allclose(g, flat_want[path], rtol=2e-4, atol=2e-5, err_msg=where)
+
+
+def test_mambas_fused_adjoint_model_matches_its_simple_scan_over_several_batch_tiles():
+    # The classifier's last block takes the custom VJP of the SSM's inputs and closed form, by batch tiles; the
+    # simple scan (materialised coefficients, sequential lax.scan, autodiff) is the reference.
+    rng = np.random.default_rng(3)
+    rows, steps = mamba.TILE + 5, 21
+    lengths = jnp.asarray(rng.integers(1, steps + 1, rows))
+    tokens = jnp.asarray(rng.integers(0, 8, (rows, steps)), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(rows, 3)), jnp.float32)
+    results = []
+    for method in ("fused-adjoint", "sequential"):
+        model = registry.get("mamba").build(num_classes=3, max_length=steps, seed=0,
+                                            options={"hidden": 16, "state": 4, "scan": method})
+        graphdef, state = nnx.split(model, nnx.Param)
+
+        def loss(params):
+            nnx.replace_by_pure_dict(state, params)
+            return jnp.sum(nnx.merge(graphdef, state)(tokens, lengths) * w)
+
+        results.append(jax.jit(jax.value_and_grad(loss))(nnx.to_pure_dict(state)))
+    (got, grads), (want, want_grads) = results
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        ref = dict(jax.tree_util.tree_flatten_with_path(want_grads)[0])[path]
+        assert np.abs(np.asarray(ref)).max() > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(g, ref, rtol=2e-4, atol=2e-5 * np.abs(ref).max(), err_msg=jax.tree_util.keystr(path))
 
 
 def test_defaults_sizes():
