@@ -56,6 +56,16 @@ class MinRNN(nnx.Module):
         h = linear_scan(a, jnp.where(mask, b, 0.0), self.scan_method)
         return h[-1] if last else h
 
+    def from_state(self, x: jax.Array, mask: jax.Array, initial: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(every hidden state [T, B, H], the final one [B, H]) from ``initial`` [B, H] instead of zeros.
+
+        The simple form (a sequential scan, differentiated by JAX) for runs that start from a passed or a noisy
+        state: padded steps get a = 1 and b = 0, so the state is held through a row's padding exactly."""
+        a, b = coefficients(self.cell, stack.dense(self.proj, x))
+        a, b = jnp.where(mask, a, 1.0), jnp.where(mask, b, 0.0)
+        h = linear_scan(a, b.at[0].add(a[0] * initial), "sequential")
+        return h, h[-1]
+
     def from_tokens(self, onehot: jax.Array, u_table: jax.Array, mask: jax.Array, last: bool = False) -> jax.Array:
         """``self(onehot @ u_table, mask, last)``, the gates computed once per token id on the [V, H] table."""
         a_table, b_table = coefficients(self.cell, self.proj(u_table))
@@ -67,6 +77,9 @@ class MinRNN(nnx.Module):
 
 class MinRNNClassifier(stack.StackClassifier):
     """Token ids -> embedding -> ``layers`` x [x + GLU(GELU(cell(LayerNorm(x))))] -> LayerNorm -> last token -> head."""
+
+    forward_state = stack.StackClassifier.stateful_forward
+    zero_state = stack.StackClassifier.stateful_zero
 
     def __init__(self, cell: str = "mingru", *, num_classes: int, vocab_size: int = task.VOCAB_SIZE, hidden: int = 64,
                  layers: int = 1, scan: str = "auto", rngs: nnx.Rngs):

@@ -69,6 +69,11 @@ class GLUBlock(nnx.Module):
         x = (onehot[-1] @ table) if last else dense(lambda v: v @ table, onehot)
         return self._residual(x, y)
 
+    def from_state(self, x: jax.Array, mask: jax.Array, initial: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(``self(x, mask)``, the mixer's final state) with the mixer started from ``initial``."""
+        y, final = self.mixer.from_state(self.norm(x), mask, initial)
+        return self._residual(x, y), final
+
     def _residual(self, x: jax.Array, y: jax.Array) -> jax.Array:
         value, gate = jnp.split(dense(self.glu, jax.nn.gelu(y)), 2, axis=-1)
         return x + value * jax.nn.sigmoid(gate)
@@ -120,6 +125,28 @@ class StackClassifier(nnx.Module):
         for i, block in enumerate(blocks[1:], 2):
             x = block(x, mask, last=last and i == len(blocks))
         return x
+
+    def stateful_zero(self, batch: int) -> jax.Array:
+        """The state every sequence starts from by default, [batch, state_size]: zeros (every block's)."""
+        return jnp.zeros((batch, self.state_size(0)), jnp.float32)
+
+    def stateful_forward(self, tokens: jax.Array, lengths: jax.Array, padding: str, initial_state: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+        """(logits, final state [B, state_size]) of sequences whose blocks start from ``initial_state`` (every
+        block's state, block after block) instead of zeros: the blocks' ``from_state``, simple forms throughout.
+        A family whose mixers have ``from_state`` offers it as its ``forward_state``."""
+        layout.check_padding(padding)
+        ids, mask = layout.right_aligned(jnp.asarray(tokens), jnp.asarray(lengths), padding)
+        mask = mask.T[:, :, None]
+        table = self.embed.embedding[...]
+        onehot = jax.nn.one_hot(jnp.where(mask[..., 0], ids.T, table.shape[0]), table.shape[0], dtype=table.dtype)
+        x = dense(lambda v: v @ table, onehot)
+        finals = []
+        for i, block in enumerate(self.blocks):
+            initial = initial_state[:, i * self.state_per_layer:(i + 1) * self.state_per_layer]
+            x, final = block.from_state(x, mask, initial)
+            finals.append(final)
+        return self.head(self.norm(x[-1])), jnp.concatenate(finals, axis=-1)
 
     def logits(self, tokens: jax.Array, lengths: jax.Array, padding: str = "pre") -> jax.Array:
         """Logits float32 [B, num_classes], computed op by op (``__call__`` compiles this)."""

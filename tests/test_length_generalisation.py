@@ -273,3 +273,26 @@ def test_omega_and_its_gradient_match_a_direct_computation():
 
 def _batch_of(b, tokens):
     return {"tokens": tokens, "lengths": b.lengths.astype(np.int32), "label": b.labels.astype(np.int32)}
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru", "mingru", "minlstm3", "pascanu_rnn"])
+def test_every_settable_family_starts_from_the_state_it_is_given_exactly_under_padding(name):
+    from qrsu_models import registry
+
+    model = registry.get(name).build(num_classes=4, max_length=8, seed=0)
+    b = task.generate(task.get_level("easy"), 5, np.random.default_rng(0))
+    short, wide = (padding.pad_sequences(b.sequences(), n, "pre") for n in (8, 14))
+    zero = model.zero_state(5)
+    np.testing.assert_allclose(np.asarray(model.forward_state(short, b.lengths, "pre", zero)[0]),
+                               np.asarray(model(short, b.lengths)), atol=2e-6)
+    start = np.asarray(jax.random.normal(jax.random.key(1), zero.shape))
+    a, final_a = model.forward_state(short, b.lengths, "pre", start)
+    c, final_c = model.forward_state(wide, b.lengths, "pre", start)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=2e-6)  # padding changes nothing
+    np.testing.assert_allclose(np.asarray(final_a), np.asarray(final_c), atol=2e-6)
+    # One real step from the given state: a sequence of length 1 moves its state from exactly there.
+    one = np.full((5, 3), task.PAD_ID, np.int32)
+    one[:, -1] = task.START
+    _, moved = model.forward_state(one, np.ones(5, np.int32), "pre", start)
+    _, from_zero = model.forward_state(one, np.ones(5, np.int32), "pre", zero)
+    assert not np.allclose(np.asarray(moved), np.asarray(from_zero))
