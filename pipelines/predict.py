@@ -54,8 +54,8 @@ def parse_sequence(text: str, level: task.Level) -> tuple[np.ndarray, str | None
     except ValueError as e:
         raise SequenceError(f"{shown(text)}: {e}; {rule}; {vocabulary}") from None
     if len(positions) != level.num_relevant:
-        raise SequenceError(f"{shown(text)}: the run's level {level.name!r} takes {level.num_relevant} relevant symbols "
-                            f"(X or Y), found {len(positions)}; {rule}")
+        raise SequenceError(f"{shown(text)}: the run's level {level.name!r} takes {level.num_relevant} "
+                            f"relevant symbols (X or Y), found {len(positions)}; {rule}")
     try:
         task.check_sequence(tokens, level)
         warning = None

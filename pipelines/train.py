@@ -224,7 +224,8 @@ class _Training:
                            ("sequences_seen", s.sequences_seen), ("wall_time_s", round(now, 2))):
             history[key].append(value)
         self.events.scalars(s.step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
-                                     f"{s.check_split}/loss": val["loss"], f"{s.check_split}/accuracy": val["accuracy"]})
+                                     f"{s.check_split}/loss": val["loss"],
+                                     f"{s.check_split}/accuracy": val["accuracy"]})
         if epoch + 1 == config.epochs:  # the test split once, on the final model
             test = val if s.check_split == "test" else s.evaluate("test")
             history["test"] = {"step": s.step, "loss": test["loss"], "accuracy": test["accuracy"]}

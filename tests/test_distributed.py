@@ -61,7 +61,8 @@ def test_two_processes_train_in_lockstep_and_match_one_process(data_dir, tmp_pat
     initial = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # copies: the step donates buffers
     shards = [loaders.train_loader("easy", batch_size=16, seed=cfg.seed, data_dir=data_dir, shard_index=i,
                                    shard_count=2) for i in (0, 1)]
-    with make_train_step(split, create_tx(cfg), sharding, batch_size=cfg.batch_size, length=cfg.dataset.level_def.max_length, grad_threads=cfg.grad_threads) as step:
+    with make_train_step(split, create_tx(cfg), sharding, batch_size=cfg.batch_size,
+                         length=cfg.dataset.level_def.max_length, grad_threads=cfg.grad_threads) as step:
         for _ in range(STEPS):
             parts = [next(it) for it in shards]
             state, _ = step(state, sharding.put_batch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}))

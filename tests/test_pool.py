@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1",
         "--budget", "1600",
         "--check-every", "320", "--lengthgen-lengths"]
+SLOW_BUDGET = 14400
 SLOW = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-5", "--seeds", "0", "1",
-        "--budget", "24000",
+        "--budget", str(SLOW_BUDGET),
         "--check-every", "320", "--lengthgen-lengths"]
-"""Runs that do not solve (lr 1e-5) and so last their whole budget: ~10 s each, time to act on them."""
+"""Runs that do not solve (lr 1e-5) and so last their whole budget: ~6 s each, time to act on them."""
 
 
 @pytest.fixture(scope="module")
@@ -128,5 +129,5 @@ def test_ctrl_c_stops_the_workers_and_keeps_every_finished_run(data_dir, tmp_pat
     assert driver.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
     assert _wait(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers), 30)
     done = records(out)
-    assert 1 <= len(done) < 3 and all(r["result"]["sequences_trained"] == 24000 for r in done.values())
+    assert 1 <= len(done) < 3 and all(r["result"]["sequences_trained"] == SLOW_BUDGET for r in done.values())
     assert not (out / ".lock").read_text()  # the study folder is free again

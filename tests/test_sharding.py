@@ -42,8 +42,8 @@ MATCH_ONE_DEVICE = PRELUDE + textwrap.dedent("""
             sh = Sharding.create(devices)
             split, state = init_state(create_model(cfg), create_tx(cfg), cfg.padding, sh)
             losses = []
-            with make_train_step(split, create_tx(cfg), sh, batch_size=cfg.batch_size, length=cfg.dataset.level_def.max_length,
-                                 grad_threads=cfg.grad_threads) as step:
+            with make_train_step(split, create_tx(cfg), sh, batch_size=cfg.batch_size,
+                                 length=cfg.dataset.level_def.max_length, grad_threads=cfg.grad_threads) as step:
                 for b in batches:
                     placed = sh.put_batch(b)
                     if name == "eight" and model == "lstm" and not out.get("shards"):

@@ -233,7 +233,8 @@ def test_the_suite_lists_test_only_configs_longer_than_the_level():
     assert splits.suite("hard") == [f"hard-{k}{n}" for k in ("len", "tail")
                                     for n in (200, 500, 1000, 2000, 5000, 10000)]
     # nightmare's sequences reach 500: only lengthenings whose every sequence is longer.
-    assert splits.suite("nightmare") == [f"nightmare-{k}{n}" for k in ("len", "tail") for n in (1000, 2000, 5000, 10000)]
+    assert splits.suite("nightmare") == [f"nightmare-{k}{n}" for k in ("len", "tail")
+                                         for n in (1000, 2000, 5000, 10000)]
     assert splits.suite("len10_pos1_pos3", lengths=(50,)) == ["len10_pos1_pos3-len50", "len10_pos1_pos3-tail50"]
     with pytest.raises(ValueError, match="already lengthened"):
         splits.suite("hard-len5000")

@@ -31,7 +31,8 @@ def _train(config: TrainConfig, batches) -> tuple[list[float], list[np.ndarray],
     sharding = Sharding.create(jax.devices()[:1])
     split, state = init_state(create_model(config), create_tx(config), config.padding, sharding)
     losses = []
-    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size, length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as step:
+    with make_train_step(split, create_tx(config), sharding, batch_size=config.batch_size,
+                         length=config.dataset.level_def.max_length, grad_threads=config.grad_threads) as step:
         for b in batches:
             state, loss = step(state, sharding.put_batch(b))
             losses.append(float(loss))

@@ -94,7 +94,8 @@ def results_of(study: Study) -> dict[str, RunResult]:
             out[key] = RunResult.from_json(record["result"])
         except (KeyError, TypeError) as e:
             raise StudyError(f"{study.path('runs', key + '.json')} is not a finished run of this experiment "
-                             f"({type(e).__name__}: {e}); move it away and run again (the run is then redone)") from None
+                             f"({type(e).__name__}: {e}); move it away and run again (the run is then redone)"
+                             ) from None
     return out
 
 

@@ -32,7 +32,8 @@ class FolderLock:
             self._made = missing
             f = open(self.folder / LOCK_FILE, "a+")
         except OSError as e:
-            raise self._error(f"cannot use {self._what} {self.folder}: {e.strerror or e}; give a writable folder") from None
+            raise self._error(f"cannot use {self._what} {self.folder}: {e.strerror or e}; "
+                              "give a writable folder") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

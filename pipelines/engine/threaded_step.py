@@ -59,7 +59,8 @@ def _apply_parts(tx: optax.GradientTransformation, state: TrainState, parts: lis
 
 
 class ThreadedTrainStep:
-    """``(state, batch) -> (state, loss)`` like :class:`pipelines.engine.step.TrainStep`, the gradient split over threads."""
+    """``(state, batch) -> (state, loss)`` like :class:`pipelines.engine.step.TrainStep`, the gradient split
+    over threads."""
 
     def __init__(self, model: SplitModel, tx: optax.GradientTransformation, threads: int, batch_size: int):
         if threads < 2 or batch_size % threads:
