@@ -75,6 +75,24 @@ def _lstm_w_aug(w_in: jax.Array, w_hh: jax.Array) -> jax.Array:
     return jnp.concatenate([w_hh, w_in], axis=0) * _sigmoid_scale(_LSTM_K, w_hh.shape[0], w_hh.dtype)
 
 
+def _lstm_update(z: jax.Array, c: jax.Array, hidden: int) -> tuple[jax.Array, jax.Array]:
+    """(c, h) after one LSTM step from the pre-activations ``z`` [B, 4H] (gates i, f, g, o) and the cell ``c``."""
+    i = 0.5 * jnp.tanh(z[:, :hidden]) + 0.5  # sigmoid of the unscaled pre-activation (_sigmoid_scale)
+    f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden]) + 0.5
+    g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
+    o = 0.5 * jnp.tanh(z[:, 3 * hidden:]) + 0.5
+    c_new = f * c + i * g
+    return c_new, o * jnp.tanh(c_new)
+
+
+def _gru_update(za: jax.Array, h: jax.Array, hidden: int) -> jax.Array:
+    """h after one GRU step from the pre-activations ``za`` [B, 4H] (r, z, h W_hn, x_n) and the state ``h``."""
+    r = 0.5 * jnp.tanh(za[:, :hidden]) + 0.5
+    z = 0.5 * jnp.tanh(za[:, hidden:2 * hidden]) + 0.5
+    n = jnp.tanh(za[:, 3 * hidden:] + r * za[:, 2 * hidden:3 * hidden])
+    return n + z * (h - n)  # == (1 - z) * n + z * h
+
+
 def _lstm_forward(tokens, w_in, w_hh, unroll, keep):
     hidden = w_hh.shape[0]
     vocab = w_in.shape[0]
@@ -82,14 +100,8 @@ def _lstm_forward(tokens, w_in, w_hh, unroll, keep):
 
     def step(carry, tok):
         c, h = carry
-        z = _augmented(h, tok, vocab) @ w_aug
-        i = 0.5 * jnp.tanh(z[:, :hidden]) + 0.5
-        f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden]) + 0.5
-        g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
-        o = 0.5 * jnp.tanh(z[:, 3 * hidden:]) + 0.5
-        c_new = f * c + i * g
-        h_new = o * jnp.tanh(c_new)
-        return (c_new, h_new), ((c, h) if keep else None)
+        new = _lstm_update(_augmented(h, tok, vocab) @ w_aug, c, hidden)
+        return new, ((c, h) if keep else None)
 
     zeros = jnp.zeros((tokens.shape[1], hidden), w_hh.dtype)
     return lax.scan(step, (zeros, zeros), tokens, unroll=unroll)
@@ -149,11 +161,7 @@ def _gru_forward(tokens, w_in, w_hh, unroll, keep):
     w_aug = _gru_w_aug(w_in, w_hh)
 
     def step(h, tok):
-        za = _augmented(h, tok, vocab) @ w_aug
-        r = 0.5 * jnp.tanh(za[:, :hidden]) + 0.5
-        z = 0.5 * jnp.tanh(za[:, hidden:2 * hidden]) + 0.5
-        n = jnp.tanh(za[:, 3 * hidden:] + r * za[:, 2 * hidden:3 * hidden])
-        return n + z * (h - n), (h if keep else None)  # == (1 - z) * n + z * h
+        return _gru_update(_augmented(h, tok, vocab) @ w_aug, h, hidden), (h if keep else None)
 
     h0 = jnp.zeros((tokens.shape[1], hidden), w_hh.dtype)
     return lax.scan(step, h0, tokens, unroll=unroll)
@@ -287,22 +295,12 @@ def _step_of(cell: str, w_in: jax.Array, w_hh: jax.Array):
 
         def step(carry, tok):
             c, h = carry
-            z = _augmented(h, tok, vocab) @ w_aug
-            i = 0.5 * jnp.tanh(z[:, :hidden]) + 0.5
-            f = 0.5 * jnp.tanh(z[:, hidden:2 * hidden]) + 0.5
-            g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
-            o = 0.5 * jnp.tanh(z[:, 3 * hidden:]) + 0.5
-            c = f * c + i * g
-            return (c, o * jnp.tanh(c)), None
+            return _lstm_update(_augmented(h, tok, vocab) @ w_aug, c, hidden), None
     elif cell == "gru":
         w_aug = _gru_w_aug(w_in, w_hh)
 
         def step(h, tok):
-            za = _augmented(h, tok, vocab) @ w_aug
-            r = 0.5 * jnp.tanh(za[:, :hidden]) + 0.5
-            z = 0.5 * jnp.tanh(za[:, hidden:2 * hidden]) + 0.5
-            n = jnp.tanh(za[:, 3 * hidden:] + r * za[:, 2 * hidden:3 * hidden])
-            return n + z * (h - n), None
+            return _gru_update(_augmented(h, tok, vocab) @ w_aug, h, hidden), None
     else:
         w_aug = jnp.concatenate([w_hh, w_in], axis=0)
 
