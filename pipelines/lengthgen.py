@@ -57,7 +57,7 @@ MATRIX_FAMILIES: dict[str, Family] = {**FAMILIES, "lstm1997": Family(
 
 PASCANU_LEVEL = "len50to199_pos10to19_pos50to59_per100"
 """Their task's layout: lengths 50-199, the first relevant symbol at [L/10, 2L/10), the second at [L/2, 6L/10)."""
-PASCANU_LENGTHS = (50, 100, 150, 200, 250, 500, 1000, 2000, 3000, 5000)
+PASCANU_LENGTHS = (50, 100, 150, 200, 250, 500, 1000, 2000, 3000, 5000, 10000)
 
 
 def pascanu_config(length: int) -> str:

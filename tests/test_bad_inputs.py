@@ -184,3 +184,22 @@ def test_bad_input_is_a_clear_message_and_changes_nothing(world, monkeypatch, co
     assert message in stderr, stderr[-2000:]
     assert "Traceback" not in stderr
     assert _snapshot(world) == before
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(capsys):
+    # kill, timeout and job schedulers send SIGTERM: the command stops through its Ctrl-C path (finished work
+    # kept, workers stopped), says so, and exits 130, instead of dying where it stands.
+    import signal
+    import time
+
+    from pipelines.engine import errors
+
+    def main() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert errors.guarded(main) == errors.EXIT_INTERRUPTED
+    assert "error: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only

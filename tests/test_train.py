@@ -139,20 +139,21 @@ def _hook_steps(monkeypatch, hook):
     return lambda: monkeypatch.setattr(session_lib, "make_train_step", real)
 
 
-def _ctrl_c_at(call):
+def _signal_at(call, sig=signal.SIGINT):
     def hook(n, loss):
         if n == call:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(sig)
         return loss
 
     return hook
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("at_step", [7, 12])  # mid-epoch; and the epoch's last step, before its history row
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path, monkeypatch, at_step):
+# Mid-epoch, by Ctrl-C; and at the epoch's last step, before its history row, by SIGTERM (kill, a scheduler).
+@pytest.mark.parametrize("at_step, sig", [(7, signal.SIGINT), (12, signal.SIGTERM)])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir, tmp_path, monkeypatch, at_step, sig):
     train.run(small(data_dir, tmp_path / "straight"))
-    restore = _hook_steps(monkeypatch, _ctrl_c_at(at_step))
+    restore = _hook_steps(monkeypatch, _signal_at(at_step, sig))
     first = train.run(small(data_dir, tmp_path / "resumed"))
     assert first["interrupted"] and first["step"] == at_step
     restore()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from qrsu_data.codec import CorruptSplitError
 
@@ -12,7 +14,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 """A bad flag or value (argparse's code for bad usage)."""
 EXIT_INTERRUPTED = 130
-"""Stopped by Ctrl-C (128 + SIGINT), after saving what there was to save."""
+"""Stopped by Ctrl-C or SIGTERM (128 + SIGINT), after saving what there was to save."""
 
 
 class CommandError(RuntimeError):
@@ -27,10 +29,28 @@ def error(message: object) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def guarded(main: Callable[[], int]) -> int:
-    """Runs ``main`` and turns a user error into its message and exit code."""
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (what ``kill``, ``timeout`` and job schedulers send) is a Ctrl-C."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
     try:
-        return main()
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are the main thread's
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """Runs ``main`` and turns a user error into its message and exit code (SIGTERM stops it as Ctrl-C does)."""
+    try:
+        with terminate_as_interrupt():
+            return main()
     except ValueError as e:  # a value the user gave: a flag, an option, a config name, a JSON object
         error(e)
         return EXIT_USAGE

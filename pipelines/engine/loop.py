@@ -43,7 +43,7 @@ class Every:
 
 
 class Interrupt:
-    """Turns the first Ctrl-C into a request checked between steps (a second one stops at once)."""
+    """Turns the first Ctrl-C (or SIGTERM) into a request checked between steps (a second one stops at once)."""
 
     def __init__(self):
         self.requested = False
@@ -51,17 +51,18 @@ class Interrupt:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupt]:
-        """This handler of SIGINT while the block runs."""
+        """This handler of SIGINT and SIGTERM while the block runs."""
         def handler(signum, frame):
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
 
-        self._previous = signal.signal(signal.SIGINT, handler)
+        self._previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
 
     def agreed(self, at_check: bool) -> bool:
         """Whether to stop now; with several processes, agreed by all at check steps only."""
