@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import build_dataset, evaluate, experiment, export, predict, replicate, train
+from pipelines import build_dataset, evaluate, experiment, export, lengthgen, predict, replicate, train
 from pipelines.engine.config import TrainConfig
 from qrsu_data import store
 
 COMMANDS = {"train": train.main, "evaluate": evaluate.main, "predict": predict.main, "experiment": experiment.main,
-            "build": build_dataset.main, "export": export.main, "replicate": replicate.main}
+            "build": build_dataset.main, "export": export.main, "replicate": replicate.main,
+            "lengthgen": lengthgen.main}
 
 # (command, arguments, exit code, text stderr must hold). In arguments, DATA is a built data dir, RUN a workdir
 # holding a trained run, FILE a plain file, EMPTY an empty folder, BADCONFIG a run whose config.json is damaged,
@@ -24,6 +25,10 @@ CASES = [
     ("train", ["--model", "cnn"], 2, "unknown model 'cnn'; choose one of: rnn, lstm, gru"),
     ("train", ["--model", "no_such_module:Model"], 2, "cannot load model 'no_such_module:Model'"),
     ("train", ["--difficulty", "medium"], 2, "unknown difficulty 'medium'; choose one of: easy, normal"),
+    ("train", ["--difficulty", "hard-var300to200"], 2, "length range (300, 200) must satisfy 3 <= lo <= hi"),
+    ("train", ["--model", "lru", "--initial-state", "passed"], 2, "Models with one: rnn, lstm, gru"),
+    ("train", ["--model", "lstm", "--omega", "4"], 2, "Models that do: pascanu_rnn"),
+    ("lengthgen", ["--cells", "foo"], 2, "unknown family 'foo'; choose among: lstm, gru"),
     ("train", ["--batch-size", "0"], 2, "batch_size must be a positive integer, got 0"),
     ("train", ["--batch-size", "abc"], 2, "invalid int value: 'abc'"),
     ("train", ["--batch-size", "200000", "--grad-threads", "1", "--data-dir", "DATA", "--workdir", "NEW"], 2,

@@ -93,9 +93,12 @@ class TrainConfig:
                              f"{', '.join(spec.options()) or 'none'})")
         try:
             self.dataset  # noqa: B018 - resolved (and kept) here, or refused
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as e:
+            if not str(e).startswith("unknown"):  # a name of the right form with a bad value: say which
+                raise ValueError(f"difficulty {self.difficulty!r}: {e}") from None
             raise ValueError(f"unknown difficulty {self.difficulty!r}; choose one of: {', '.join(task.LEVELS)}, "
-                             f"or a dataset config such as 'hard-train1000000'") from None
+                             f"a level of varied lengths such as 'hard-var50to200', or a dataset config such as "
+                             f"'hard-train1000000'") from None
         for name, valid in {"padding": PADDINGS, "optimizer": OPTIMIZERS, "lstm_init": LSTM_INITS,
                             "initial_state": INITIAL_STATES}.items():
             if getattr(self, name) not in valid:
