@@ -9,6 +9,7 @@ Commands (each ``python -m pipelines.NAME --help``):
 ``evaluate``        a trained run's accuracy per class and by lag, on its own config or a longer one
 ``predict``         classify sequences typed as strings with a trained run
 ``experiment``      the leaderboard: every family on every level under one protocol, on Ray workers
+``lengthgen``       length generalisation: family x training recipe x length, and Pascanu et al. 2013
 ``replicate``       the 1997 paper's Experiment 6 with its own LSTM and protocol
 ``factors``         from the 1997 protocol to today's training, one factor at a time, on Ray workers
 ==================  ===========================================================================================
@@ -28,7 +29,8 @@ Commands (each ``python -m pipelines.NAME --help``):
 * ``solving``: a grid's run, trained until solved on validation or out of budget; ``trials``: 1997-style
   trials side by side in one program (``replicate``, ``factors``); ``leaderboard``: the tables and plots;
 * ``study``: a study's output folder (its settings, a record per finished run, one writer); ``pool``: the
-  runs of a study on Ray workers, one per core or over a cluster.
+  runs of a study on Ray workers, one per core or over a cluster; ``tuning``: a (family, level)'s Optuna
+  search and final seeds; ``grid``: the families, budgets and plans of ``experiment`` and ``lengthgen``.
 
 Imports point ``pipelines -> qrsu_models -> qrsu_data``, and inside ``pipelines`` from the commands to the
 engine, never back.
