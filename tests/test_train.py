@@ -182,33 +182,36 @@ def test_history_keeps_every_epoch_when_checkpoints_fall_on_epoch_ends(data_dir,
         assert h[key] == straight[key], key
 
 
-def _cli(args, cwd=REPO, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "pipelines.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def _main(capsys, args):
+    """(exit code, stdout, stderr) of ``python -m pipelines.train ARGS``, run in this process."""
+    code = train.main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.mark.slow
-def test_resume_continues_the_saved_run_with_its_settings(data_dir, tmp_path):
+def test_resume_continues_the_saved_run_with_its_settings(data_dir, tmp_path, capsys):
     w = tmp_path / "run"
     common = ["--data-dir", data_dir, "--workdir", os.fspath(w)]
-    res = _cli([*common, "--steps-per-epoch", "20", "--epochs", "1", "--eval-batch-size", "2000", "--lr", "1e-2"])
-    assert res.returncode == 0, res.stderr[-2000:]
+    code, _, err = _main(capsys, [*common, "--steps-per-epoch", "20", "--epochs", "1", "--eval-batch-size", "2000",
+                                  "--lr", "1e-2"])
+    assert code == 0, err[-2000:]
     # The printed continuation command names no setting: the saved ones are used, not the defaults.
-    res = _cli(["--workdir", os.fspath(w), "--resume", "--epochs", "2"])
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "2 epochs of 20 steps" in res.stdout
+    code, out, err = _main(capsys, ["--workdir", os.fspath(w), "--resume", "--epochs", "2"])
+    assert code == 0, err[-2000:]
+    assert "2 epochs of 20 steps" in out
     saved = json.loads((w / "config.json").read_text())
     assert saved["lr"] == 1e-2 and saved["steps_per_epoch"] == 20
     assert saved["resumes"] == [{"at_step": 20, "changed": {"epochs": [1, 2]}}]
     before = {p: p.stat().st_mtime_ns for p in w.rglob("*") if p.is_file() and p.name != ".lock"}
-    res = _cli(["--workdir", os.fspath(w), "--resume", "--epochs", "3", "--lr", "3e-3", "--batch-size", "16"])
-    assert res.returncode == 2
-    assert "lr: saved 0.01, asked 0.003" in res.stderr and "batch-size: saved 32, asked 16" in res.stderr
-    assert "Traceback" not in res.stderr
+    code, _, err = _main(capsys, ["--workdir", os.fspath(w), "--resume", "--epochs", "3", "--lr", "3e-3",
+                                  "--batch-size", "16"])
+    assert code == 2
+    assert "lr: saved 0.01, asked 0.003" in err and "batch-size: saved 32, asked 16" in err
+    assert "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in w.rglob("*") if p.is_file() and p.name != ".lock"} == before
-    res = _cli(["--workdir", os.fspath(w), "--resume"])
-    assert res.returncode == 1 and "has trained 2 of its epochs already; pass --epochs" in res.stderr
+    code, _, err = _main(capsys, ["--workdir", os.fspath(w), "--resume"])
+    assert code == 1 and "has trained 2 of its epochs already; pass --epochs" in err
 
 
 @pytest.mark.slow
