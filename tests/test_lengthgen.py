@@ -6,6 +6,8 @@ import os
 import pytest
 
 from pipelines import lengthgen
+from pipelines.engine import grid as grid_lib
+from pipelines.engine.solving import RunSpec, run_one
 from qrsu_data import splits, task
 
 
@@ -50,3 +52,24 @@ def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys):
     assert (out / "matrix.png").stat().st_size > 0 and "| gru | noise |" in (out / "matrix.md").read_text()
     capsys.readouterr()
     assert lengthgen.main([*args, "--replot"]) == 0 and "| gru | noise |" in capsys.readouterr().out
+
+
+def test_pascanus_runs_stop_by_their_codes_rule():
+    # Their code stops at no validation sequence wrong, not at the leaderboard's 1%.
+    args = lengthgen.parser().parse_args(["--pascanu"])
+    args.budget, args.check_every = 1000, 100
+    spec = grid_lib.Grid(lengthgen.pascanu_args(args)).spec("pascanu_rnn", lengthgen.PASCANU_LEVEL, 0.01, 0)
+    assert spec.solved_error == 0.0 and spec.omega == 4.0 and spec.optimizer == "sgd" and spec.batch_size == 20
+
+
+@pytest.mark.slow
+def test_a_run_stops_by_its_stop_rule(easy_data_dir):
+    # The seed's RNN on easy stops at 99.36% right by the leaderboard's rule (at most 1% wrong).
+    loose, _ = run_one(RunSpec("rnn", "easy", 0, budget=9600, check_every=160, lr=3e-3), easy_data_dir)
+    strict, _ = run_one(RunSpec("rnn", "easy", 0, budget=9600, check_every=160, lr=3e-3, solved_error=0.0),
+                        easy_data_dir)
+    assert loose.solved and 0.99 <= loose.validation_accuracy < 1.0
+    # The same run up to the loose stop; the strict one goes on while any validation sequence is wrong.
+    assert strict.curve[:len(loose.curve)] == loose.curve
+    assert strict.sequences_trained > loose.sequences_trained
+    assert strict.validation_accuracy == 1.0 if strict.solved else strict.sequences_trained == 9600

@@ -20,12 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1",
         "--budget", "1600",
         "--check-every", "320", "--lengthgen-lengths"]
-SLOW_BUDGET = 9600
+SLOW_BUDGET = 16000
 SLOW = ["--protocol", "grid", "--cells", "lstm", "--levels", "easy", "--lrs", "1e-5", "--seeds", "0", "1",
         "--budget", str(SLOW_BUDGET),
         "--check-every", "320", "--lengthgen-lengths"]
-"""Runs that do not solve (lr 1e-5) and so last their whole budget: ~5 s each with their start, time to act on
-them."""
+"""Runs that do not solve (lr 1e-5) and so last their whole budget (~10 s of CPU each with their start): time to
+act on them."""
+STARTED_CPU_S = 6.0
+"""CPU seconds after which a worker is past its start (Ray, the imports, the run reported started) and training:
+a measure of progress that a loaded machine does not stretch, as it does wall time."""
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +92,23 @@ def _wait(predicate, timeout: float) -> bool:
     return False
 
 
-def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(data_dir, tmp_path):
+def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(data_dir, tmp_path, ray_cluster):
     out = tmp_path / "grid"
     driver = _start([*SLOW, "--data-dir", data_dir, "--out", os.fspath(out), "--workers", "2"])
     try:
         assert _wait(lambda: _running_tasks(driver), 120), driver.communicate(timeout=60)
-        # One writer per study folder: a second invocation is refused, naming the one that runs.
-        second = subprocess.run([sys.executable, "-m", "pipelines.experiment", *SLOW, "--data-dir", data_dir,
-                                 "--out", os.fspath(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 1
-        assert f"{out} is in use by another experiment (pid {driver.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
-        time.sleep(2)  # well inside the run
+        # One writer per study folder: a second invocation, started now, is refused, naming the one that runs
+        # (it reaches the folder after its own start-up, while the first redoes the killed run).
+        second = subprocess.Popen([sys.executable, "-m", "pipelines.experiment", *SLOW, "--data-dir", data_dir,
+                                   "--out", os.fspath(out)], cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         victim = _running_tasks(driver)[0]
+        assert _wait(lambda: sum(victim.cpu_times()[:2]) >= STARTED_CPU_S, 120)  # inside the run
         victim.send_signal(signal.SIGKILL)
+        _, second_err = second.communicate(timeout=120)
+        assert second.returncode == 1, second_err[-3000:]
+        assert f"{out} is in use by another experiment (pid {driver.pid}" in second_err
+        assert "Traceback" not in second_err
         stdout, stderr = driver.communicate(timeout=300)
     finally:
         driver.kill()
@@ -119,14 +125,16 @@ def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(
     assert records(clean) == {redone: records(out)[redone]}
 
 
-def test_ctrl_c_stops_the_workers_and_keeps_every_finished_run(data_dir, tmp_path):
+# Ctrl-C; and SIGTERM (kill, timeout, a scheduler), which Ray's core would otherwise answer by aborting.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_workers_and_keeps_every_finished_run(data_dir, tmp_path, sig):
     out = tmp_path / "grid"
     slow = [*SLOW[:SLOW.index("--seeds")], "--seeds", "0", "1", "2", *SLOW[SLOW.index("--budget"):]]
     driver = _start([*slow, "--data-dir", data_dir, "--out", os.fspath(out), "--workers", "1"])
     try:
         assert _wait(lambda: len(list((out / "runs").glob("*.json"))) >= 1, 240), driver.communicate(timeout=60)
         workers = _running_tasks(driver)
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(sig)
         _, stderr = driver.communicate(timeout=120)
     finally:
         driver.kill()

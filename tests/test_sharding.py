@@ -105,11 +105,11 @@ def test_a_thousand_steps_on_two_cpu_devices_do_not_deadlock():
     assert _run(MANY_STEPS, 2)["loss"] < 1.4
 
 
-def test_training_and_evaluation_on_two_cpu_devices(tmp_path):
+def test_training_and_evaluation_on_two_cpu_devices(tmp_path, easy_data_dir):
     """pipelines.train end to end on a 2-device mesh: steps, epoch-end evaluation and checkpoints."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="3",
-               QRSU_DATA_DIR=os.fspath(tmp_path / "data"))
+               QRSU_DATA_DIR=easy_data_dir)
     res = subprocess.run([sys.executable, "-m", "pipelines.train", "--workdir", os.fspath(tmp_path / "run"),
                           "--steps-per-epoch", "150", "--epochs", "2", "--checkpoint-every", "50", "--log-every", "10",
                           "--eval-batch-size", "1000"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -29,12 +29,14 @@ def error(message: object) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def interrupt(signum, frame) -> None:
+    """A signal handler that stops the program as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (what ``kill``, ``timeout`` and job schedulers send) is a Ctrl-C."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     try:
         previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread: signals are the main thread's

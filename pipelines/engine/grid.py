@@ -20,7 +20,8 @@ from pipelines.engine.evaluator import Evaluator
 from pipelines.engine.pool import Finished, Job, Pool
 from pipelines.engine.session import ensure_built
 from pipelines.engine.sharding import Sharding
-from pipelines.engine.solving import RunResult, RunSpec, model_with_params, run_one, save_params, write_events
+from pipelines.engine.solving import (SOLVED_ERROR, RunResult, RunSpec, model_with_params, run_one, save_params,
+                                      write_events)
 from pipelines.engine.study import Study, StudyError
 from pipelines.engine.tuning import SearchSpace, TunedPlan
 from qrsu_data import splits
@@ -157,7 +158,8 @@ class Grid:
                        optimizer=getattr(self.args, "optimizer", "adam"),
                        hidden=self.args.hidden or f.hidden, grad_threads=self.args.grad_threads,
                        model_options=f.options_json(), bucket_width=self.args.bucket_width,
-                       initial_state=self.args.initial_state, noise_std=self.args.noise_std, omega=self.args.omega)
+                       initial_state=self.args.initial_state, noise_std=self.args.noise_std, omega=self.args.omega,
+                       solved_error=getattr(self.args, "solved_error", SOLVED_ERROR))
 
     def lrs(self, cell: str) -> tuple[float, ...]:
         """The learning rates tried for ``cell``: --lrs, else its family's grid."""

@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import tqdm
 
-from pipelines.engine.errors import CommandError
+from pipelines.engine.errors import CommandError, interrupt
 
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
               "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
@@ -130,6 +132,7 @@ class Pool:
         self.workers, self.address = workers, address
         self._started = False
         self._board = None
+        self._sigterm = None  # the SIGTERM handler before Ray's start, put back at the end
 
     def __enter__(self) -> Pool:
         import ray
@@ -149,6 +152,10 @@ class Pool:
                 raise PoolError(f"cannot start {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                 ) from None
             self._started = True
+            # Ray's core installs a handler of its own that aborts the driver on SIGTERM: put the command's back,
+            # so that kill, timeout or a scheduler stop the grid as Ctrl-C does (finished runs kept, workers stopped).
+            if threading.current_thread() is threading.main_thread():
+                self._sigterm = signal.signal(signal.SIGTERM, interrupt)
         self._board = _board_class().remote()
         return self
 
@@ -159,6 +166,9 @@ class Pool:
         if self._started:
             ray.shutdown()
             self._started = False
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm)
+                self._sigterm = None
 
     @property
     def capacity(self) -> int:

@@ -65,6 +65,7 @@ class RunSpec:
     omega: float = 0.0
     role: str = ""  # in a tuned study: 't03' (the search's 4th configuration) or 'final'; '' names it by its lr
     prune_below: tuple[float, ...] = ()  # see solving.run_one: the accuracy a check must reach to go on
+    solved_error: float = SOLVED_ERROR  # the stop rule: solved at most this fraction of validation wrong
 
     @property
     def recipe(self) -> str:
@@ -143,7 +144,7 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     checks = -(-spec.budget // (steps_per_check * spec.batch_size))  # at least one check runs
     t0 = time.perf_counter()
     with Session.open(config, eval_batch_size=EVAL_BATCH) as session:
-        rule = _StopRule(session, monitor, spec.prune_below)
+        rule = _StopRule(session, monitor, spec.prune_below, spec.solved_error)
         try:
             stopped = train_steps(session, checks * steps_per_check, [Every(steps_per_check, rule.check)]) == STOPPED
             ended = SOLVED if rule.solved else PRUNED if stopped else NOT_SOLVED
@@ -162,10 +163,13 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
 
 
 class _StopRule:
-    """The check of a run: the validation accuracy, screened on its first 2,560 sequences, against SOLVED_ERROR."""
+    """The check of a run: the validation accuracy, screened on its first 2,560 sequences, against
+    ``solved_error`` (SOLVED_ERROR by default)."""
 
-    def __init__(self, session: Session, monitor: Monitor | None, prune_below: tuple[float, ...] = ()):
+    def __init__(self, session: Session, monitor: Monitor | None, prune_below: tuple[float, ...] = (),
+                 solved_error: float = SOLVED_ERROR):
         self.session, self.monitor, self.prune_below = session, monitor, prune_below
+        self.solved_error = solved_error
         self.curve: list[tuple[int, float]] = []
         self.accuracy: float | None = None
         self.solved = False
@@ -179,11 +183,11 @@ class _StopRule:
         wrong = s.evaluator.predict(s.state.params, s.dataset, s.check_split, data_dir=s.config.data_dir,
                                     limit=PAPER_TEST).wrong
         accuracy = 1.0 - wrong / PAPER_TEST
-        if wrong <= SCREEN_ERROR * PAPER_TEST:
+        if wrong <= max(SCREEN_ERROR, 2 * self.solved_error) * PAPER_TEST:
             accuracy = s.evaluate(s.check_split)["accuracy"]
         self.accuracy = accuracy
         self.curve.append((s.sequences_seen, accuracy))
-        self.solved = 1.0 - accuracy <= SOLVED_ERROR
+        self.solved = 1.0 - accuracy <= self.solved_error
         check = len(self.curve) - 1
         # A tuning run clearly behind the finished runs of its search at this check stops here (pruned).
         trailing = check < len(self.prune_below) and accuracy < self.prune_below[check]
