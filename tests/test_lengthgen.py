@@ -64,12 +64,9 @@ def test_pascanus_runs_stop_by_their_codes_rule():
 
 @pytest.mark.slow
 def test_a_run_stops_by_its_stop_rule(easy_data_dir):
-    # The seed's RNN on easy stops at 99.36% right by the leaderboard's rule (at most 1% wrong).
-    loose, _ = run_one(RunSpec("rnn", "easy", 0, budget=9600, check_every=160, lr=3e-3), easy_data_dir)
-    strict, _ = run_one(RunSpec("rnn", "easy", 0, budget=9600, check_every=160, lr=3e-3, solved_error=0.0),
-                        easy_data_dir)
-    assert loose.solved and 0.99 <= loose.validation_accuracy < 1.0
-    # The same run up to the loose stop; the strict one goes on while any validation sequence is wrong.
-    assert strict.curve[:len(loose.curve)] == loose.curve
-    assert strict.sequences_trained > loose.sequences_trained
-    assert strict.validation_accuracy == 1.0 if strict.solved else strict.sequences_trained == 9600
+    # The seed's RNN on easy passes 99% right (the leaderboard's stop) before it is at 100%: with no sequence
+    # wrong as its rule, the run goes on past the checks where the leaderboard's would have stopped.
+    spec = RunSpec("rnn", "easy", 0, budget=9600, check_every=160, lr=3e-3, solved_error=0.0)
+    result, _ = run_one(spec, easy_data_dir)
+    assert any(0.99 <= accuracy < 1.0 for _, accuracy in result.curve[:-1]), result.curve
+    assert result.validation_accuracy == 1.0 if result.solved else result.sequences_trained == 9600
