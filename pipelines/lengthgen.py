@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -82,16 +83,28 @@ def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespac
         families=MATRIX_FAMILIES, eval_limit=args.eval_sequences)
 
 
+def pascanu_level(train_size: int | None) -> str:
+    """The dataset config Pascanu's runs train on: their level, with ``train_size`` training sequences."""
+    return PASCANU_LEVEL if train_size is None else f"{PASCANU_LEVEL}-train{train_size}"
+
+
+def pascanu_folder(out: Path, train_size: int | None) -> Path:
+    """The study folder of Pascanu's runs (one per training-split size)."""
+    return out / ("pascanu" if train_size is None else f"pascanu-train{train_size}")
+
+
 def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings of Pascanu et al.'s experiment, as a grid of one family at one learning rate."""
     return argparse.Namespace(
-        cells=["pascanu_rnn"], levels=[PASCANU_LEVEL], seeds=[0, 1, 2, 3, 4], lr_seeds=5, lrs=[0.01],
+        cells=["pascanu_rnn"], levels=[pascanu_level(args.pascanu_train)], seeds=list(args.seeds),
+        lr_seeds=len(args.seeds), lrs=[0.01],
         protocol="grid", budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=20,
         grad_threads=1, optimizer="sgd", bucket_width=10, initial_state="zero", noise_std=1.0, omega=4.0,
         workers=args.workers, address=args.address, lengthgen_level=None, lengthgen_lengths=[],
         solved_error=PASCANU_SOLVED_ERROR,
         eval_configs=[pascanu_config(n) for n in PASCANU_LENGTHS], eval_limit=10_000, data_dir=args.data_dir,
-        out=str(Path(args.out) / "pascanu"), configs=8, search_seeds=[100, 101], wave=2,
+        out=os.fspath(pascanu_folder(Path(args.out), args.pascanu_train)), configs=8, search_seeds=[100, 101],
+        wave=2,
         families={"pascanu_rnn": Family("pascanu_rnn", 50, (0.01,), "basic tanh: every weight N(0, 0.1^2)")})
 
 
@@ -150,9 +163,8 @@ def plot(found: dict, lengths: tuple[int, ...], path: Path) -> None:
     reporting.save_figure(fig, path)
 
 
-def pascanu_table(out: Path) -> str:
-    """Per seed, the test accuracy at each of Pascanu et al.'s lengths (and the errors of 10,000)."""
-    folder = out / "pascanu"
+def pascanu_table(folder: Path) -> str:
+    """Per seed of the study in ``folder``, the wrong answers of 10,000 at each of Pascanu et al.'s lengths."""
     if not (folder / "lengthgen").is_dir():
         return ""
     lines = ["| seed | solved after | " + " | ".join(f"{n:,}" for n in PASCANU_LENGTHS) + " |",
@@ -182,6 +194,10 @@ def parser() -> argparse.ArgumentParser:
                    f"{CHECK_EVERY:,}; --pascanu: 20,000)")
     p.add_argument("--eval-sequences", type=int, default=1024, help="test sequences per length (default 1024)")
     p.add_argument("--pascanu", action="store_true", help="reproduce Pascanu et al. 2013 instead of the matrix")
+    p.add_argument("--pascanu-train", type=int, default=None, metavar="N",
+                   help="--pascanu: train on a split of N sequences (default 100,000; they drew fresh sequences for "
+                        "every minibatch), in OUT/pascanu-trainN")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="--pascanu: the seeds (default 0-4)")
     p.add_argument("--workers", type=int, default=None, help="runs side by side (default: one per core)")
     p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
     p.add_argument("--data-dir", default=None)
@@ -196,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         out = Path(args.out)
-        for name in ("budget", "check_every", "eval_sequences", "workers"):
+        if not args.pascanu and (args.pascanu_train is not None or args.seeds != parser().get_default("seeds")):
+            raise ValueError("--seeds and --pascanu-train belong to --pascanu (the matrix runs seeds 0, 1 and 2)")
+        if any(s < 0 for s in args.seeds):
+            raise ValueError(f"--seeds must be non-negative, got {args.seeds}")
+        for name in ("budget", "check_every", "eval_sequences", "workers", "pascanu_train"):
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -210,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             args.check_every = args.check_every or 20_000
             if not args.replot:
                 run_grid(pascanu_args(args))
-            print(pascanu_table(out))
+            print(pascanu_table(pascanu_folder(out, args.pascanu_train)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         if not args.replot:
