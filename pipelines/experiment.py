@@ -92,7 +92,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-cells", action="store_true",
                    help="no effect (kept for older command lines): since the CPU work on Mamba and the "
                         "Transformer, the default grid runs them on nightmare too")
-    p.add_argument("--quick", action="store_true", help="version 1 of the protocol, small: lstm and gru on easy (for a first look and the tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="version 1 of the protocol, small: lstm and gru on easy (for a first look and the tests)")
     p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the tables and plots of DIR's runs")
     return p
 

@@ -51,6 +51,21 @@ def read_events(logdir) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def study_records(out) -> dict[str, dict]:
+    """Every run's record in the study folder ``out``, by key, without what differs between identical runs
+    (wall time, attempts)."""
+    import json
+    from pathlib import Path
+
+    found = {}
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        record["result"].pop("wall_time_s")
+        record.pop("attempts")
+        found[path.stem] = record
+    return found
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray of 2 CPUs for the tests that run studies in this process, started once (the commands use a

@@ -14,6 +14,8 @@ import pytest
 
 from pipelines import experiment
 
+from conftest import study_records
+
 pytestmark = pytest.mark.slow  # end to end: see docs/development.md for the fast tier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +38,6 @@ def data_dir(easy_data_dir):
     return easy_data_dir
 
 
-def records(out: Path) -> dict[str, dict]:
-    """Every run's record, without what differs between identical runs (wall time, attempts)."""
-    found = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
-        record["result"].pop("wall_time_s")
-        record.pop("attempts")
-        found[path.stem] = record
-    return found
-
-
 def attempts(out: Path) -> dict[str, int]:
     return {p.stem: json.loads(p.read_text())["attempts"] for p in (out / "runs").glob("*.json")}
 
@@ -55,7 +46,7 @@ def test_two_workers_give_the_same_records_and_table_as_one(data_dir, tmp_path, 
     for workers in ("1", "2"):
         args = [*TINY, "--data-dir", data_dir, "--out", os.fspath(tmp_path / workers), "--workers", workers]
         assert experiment.main(args) == 0
-    one, two = records(tmp_path / "1"), records(tmp_path / "2")
+    one, two = study_records(tmp_path / "1"), study_records(tmp_path / "2")
     assert len(one) == 3 and one == two  # 2 rates on seed 0, then seed 1 at the chosen one
     assert (tmp_path / "1" / "results.md").read_text() == (tmp_path / "2" / "results.md").read_text()
     assert set(attempts(tmp_path / "2").values()) == {1}
@@ -118,11 +109,11 @@ def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(
     assert "(attempt 2)" in stdout
     # The redone run is the run it would have been: its seed alone, undisturbed, gives the same record.
     redone = next(key for key, n in counts.items() if n == 2)
-    seed = str(records(out)[redone]["settings"]["seed"])
+    seed = str(study_records(out)[redone]["settings"]["seed"])
     clean = tmp_path / "clean"
     alone = [*SLOW[:SLOW.index("--seeds")], "--seeds", seed, *SLOW[SLOW.index("--budget"):]]
     assert experiment.main([*alone, "--data-dir", data_dir, "--out", os.fspath(clean), "--workers", "1"]) == 0
-    assert records(clean) == {redone: records(out)[redone]}
+    assert study_records(clean) == {redone: study_records(out)[redone]}
 
 
 # Ctrl-C; and SIGTERM (kill, timeout, a scheduler), which Ray's core would otherwise answer by aborting.
@@ -140,6 +131,6 @@ def test_ctrl_c_stops_the_workers_and_keeps_every_finished_run(data_dir, tmp_pat
         driver.kill()
     assert driver.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
     assert _wait(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers), 30)
-    done = records(out)
+    done = study_records(out)
     assert 1 <= len(done) < 3 and all(r["result"]["sequences_trained"] == SLOW_BUDGET for r in done.values())
     assert not (out / ".lock").read_text()  # the study folder is free again

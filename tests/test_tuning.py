@@ -1,7 +1,6 @@
 """The tuned protocol (leaderboard version 2): scores, pruning thresholds, the search's determinism and resume,
 and the table's median with its bootstrap interval."""
 
-import json
 import os
 
 import pytest
@@ -10,6 +9,8 @@ from pipelines import experiment
 from pipelines.engine import grid as grid_lib
 from pipelines.engine import leaderboard, tuning
 from pipelines.engine.solving import RunResult
+
+from conftest import study_records
 
 
 def result(solved_at=None, trained=10_000, val=0.5, curve=(), seed=0, role="final"):
@@ -48,23 +49,13 @@ TINY = ["--cells", "lstm", "--levels", "easy", "--configs", "4", "--seeds", "0",
         "--check-every", "320", "--lengthgen-lengths"]
 
 
-def _records(out):
-    found = {}
-    for p in sorted((out / "runs").glob("*.json")):
-        r = json.loads(p.read_text())
-        r["result"].pop("wall_time_s")
-        r.pop("attempts")
-        found[p.stem] = r
-    return found
-
-
 @pytest.mark.slow
 def test_the_search_is_the_same_with_one_or_two_workers_and_resumes_without_retraining(easy_data_dir, tmp_path,
                                                                                         ray_cluster, capsys):
     for workers in ("1", "2"):
         assert experiment.main([*TINY, "--data-dir", easy_data_dir, "--out", os.fspath(tmp_path / workers),
                                 "--workers", workers]) == 0
-    one, two = _records(tmp_path / "1"), _records(tmp_path / "2")
+    one, two = study_records(tmp_path / "1"), study_records(tmp_path / "2")
     assert one == two and len(one) == 4 * 2 + 2  # 4 configurations on 2 seeds, then 2 final seeds
     finals = [r for k, r in one.items() if "-final-" in k]
     search = {k: r for k, r in one.items() if "-final-" not in k}
