@@ -3,6 +3,8 @@ validation, length generalisation, TensorBoard events, resuming, and the same ta
 
 import json
 import os
+import statistics
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ from pipelines.engine import grid as grid_lib
 from pipelines.engine import leaderboard, solving
 
 from conftest import read_events
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +166,16 @@ def test_the_default_grid_has_every_family_on_every_level():
     # One budget per level for every family: at least 100,000 on hard and exp6b.
     assert {grid.spec(c, lv, 1e-3, 0).budget for c, lv in every if lv == "hard"} == {grid_lib.TUNED_BUDGETS["hard"]}
     assert min(grid_lib.TUNED_BUDGETS["hard"], grid_lib.TUNED_BUDGETS["exp6b"]) >= 100_000
+    # And at least 5x the slowest solved median of any family in version 1, so that "not solved" means it.
+    assert all(grid_lib.TUNED_BUDGETS[lv] >= 5 * grid_lib.V1_SLOWEST_SOLVED[lv] for lv in grid_lib.TUNED_BUDGETS)
+
+
+def test_version_1s_slowest_solved_medians_are_those_of_its_results():
+    results = grid_lib.load_results(REPO / "docs" / "leaderboard")
+    slowest = {}
+    for (cell, level), chosen in leaderboard.select(results).items():
+        solved = [r.sequences_to_solve for r in results
+                  if r.cell == cell and r.level == level and r.lr == chosen.lr and r.solved]
+        if solved:
+            slowest[level] = max(slowest.get(level, 0), statistics.median(solved))
+    assert slowest == grid_lib.V1_SLOWEST_SOLVED

@@ -78,7 +78,11 @@ PROTOCOLS = ("tuned", "grid")
 """'tuned' (version 2, the default): per (family, level) an Optuna search over the learning rate, the weight
 decay (and the Transformer's warm-up), then 5 final seeds at the best configuration (pipelines.engine.tuning);
 'grid' (version 1): a learning-rate grid on the first seed, then the other seeds at the best rate."""
-TUNED_BUDGETS = {"easy": 10_000, "normal": 30_000, "moderate": 50_000, "hard": 100_000, "nightmare": 100_000,
+V1_SLOWEST_SOLVED = {"easy": 640, "normal": 5_760, "moderate": 6_240, "hard": 8_640, "nightmare": 40_320,
+                     "exp6b": 27_520}
+"""Per level, the slowest median sequences-to-solve of any family that solved it in version 1 (docs/leaderboard:
+rnn on normal, mingru on moderate and hard, minlstm on nightmare, gru on exp6b)."""
+TUNED_BUDGETS = {"easy": 10_000, "normal": 30_000, "moderate": 50_000, "hard": 100_000, "nightmare": 210_000,
                  "exp6b": 150_000}
 """Version 2: training sequences a run may use, per level, the same for every family: at least 5x the slowest
 solved median of any family on the level, and at least 100,000 on hard and exp6b (docs/leaderboard.md)."""
