@@ -150,7 +150,7 @@ def plot(found: dict, lengths: tuple[int, ...], path: Path) -> None:
     grid = [[statistics.median(found[c][r].get(f"hard-len{n}", [math.nan])) for n in lengths] for c, r in rows]
     fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 3.5, 0.32 * len(rows) + 1.8))
     image = ax.imshow(grid, vmin=0.25, vmax=1, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="test accuracy (median over seeds; chance 0.25)")
+    fig.colorbar(image, ax=ax, label="median test accuracy\n(chance 0.25)")
     ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths])
     ax.set_yticks(range(len(rows)), [f"{c} / {r}" for c, r in rows], fontsize=7)
     ax.set_xlabel("sequence length at test (trained on lengths <= 200)")
