@@ -54,8 +54,11 @@ def test_two_workers_give_the_same_records_and_table_as_one(data_dir, tmp_path, 
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # As a terminal starts it: a process that starts with SIGINT ignored (a shell's background job; the test
+    # runner's worker processes) keeps ignoring it, and Python then raises no KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "pipelines.experiment", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _running_tasks(driver: subprocess.Popen) -> list[psutil.Process]:
