@@ -1,5 +1,5 @@
 """Length generalisation: every family trained by each recipe, evaluated from length 200 to 10,000, and Pascanu et
-al. (2013) reproduced: ``python -m pipelines.lengthgen --help``.
+al. (2013)'s experiment: ``python -m pipelines.lengthgen --help``.
 
 A recipe is how a family is trained on sequences of at most 200 symbols (docs/length_generalisation.md):
 
@@ -14,9 +14,10 @@ Each (family, recipe) is a learning-rate grid on seed 0, then seeds 1 and 2 at t
 leaderboard's protocol version 1, pipelines.engine.grid), and every model of the chosen rate is evaluated on
 ``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the length). The recipes
 that start from a given state need a family whose state can be set; the others are left out of their rows and
-said so. ``--pascanu`` instead reproduces Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
-bucket of 10 lengths per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, evaluated on
-10,000 sequences at each length from 50 to 5,000 with their positions.
+said so. ``--pascanu`` instead runs Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
+bucket of 10 lengths per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, stopped as
+their code stops (no validation sequence wrong), evaluated on 10,000 sequences at each length from 50 to 10,000
+with their positions.
 
 Writes, into ``--out``: one study folder per recipe (its runs, models and evaluations, resumable), and
 ``matrix.md``, ``matrix.json`` and ``matrix.png`` (a heatmap of family x recipe x length).
