@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
                    help="what each training sequence's state starts from: zero, noise or passed (state passing)")
     p.add_argument("--noise-std", type=float, default=1.0, help="standard deviation of a noisy initial state")
     p.add_argument("--omega", type=float, default=0.0, help="weight of Pascanu et al.'s regulariser (pascanu_rnn)")
+    p.add_argument("--train-through", action="store_true",
+                   help="train every run its whole budget, the learning rate falling to 0 along a cosine, instead "
+                        "of stopping at the first check that solves (solved: the last check's verdict)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs side by side on this machine, each on one core (default: one per core)")
     p.add_argument("--address", default=None,

@@ -8,7 +8,10 @@ A recipe is how a family is trained on sequences of at most 200 symbols (docs/le
   each), in batches bucketed by length;
 * ``noise``: varied, each sequence starting from a Gaussian state (std ``NOISE_STD``) instead of zeros;
 * ``passed``: varied, each sequence starting from the final state of the previous batch's sequence in its row
-  (state passing, Buitrago Ruiz & Gu 2025).
+  (state passing, Buitrago Ruiz & Gu 2025);
+* ``varied-through``, ``passed-through``: as ``varied`` and ``passed``, but every run trains its whole budget, the
+  learning rate falling to 0 along a cosine, instead of stopping at the first check that solves (what carries
+  to length 5,000 comes after solving within 200).
 
 Each (family, recipe) is a learning-rate grid on seed 0, then seeds 1 and 2 at the best rate (the
 leaderboard's protocol version 1, pipelines.engine.grid), and every model of the chosen rate is evaluated on
@@ -44,8 +47,12 @@ RECIPES: dict[str, dict] = {
     "varied": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "zero"},
     "noise": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "noise"},
     "passed": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "passed"},
+    "varied-through": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "zero", "through": True},
+    "passed-through": {"level": "hard-var50to200", "bucket_width": 25, "initial_state": "passed", "through": True},
 }
-"""The training recipes, by name: the level trained on, the buckets of its batches, the initial state."""
+"""The training recipes, by name: the level trained on, the buckets of its batches, the initial state, and
+whether a run trains through its whole budget (the learning rate falling to 0 along a cosine) rather than
+stopping once solved."""
 NOISE_STD = 0.5
 """Standard deviation of the noisy initial state (Buitrago Ruiz & Gu 2025 fit it to the final states' spread;
 a fixed 0.5 is about the spread of an LSTM's or a GRU's final h on this task)."""
@@ -79,6 +86,7 @@ def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespac
         cells=cells, levels=[r["level"]], seeds=[0, 1, 2], lr_seeds=1, lrs=None, protocol="grid",
         budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=16, grad_threads=1,
         bucket_width=r["bucket_width"], initial_state=r["initial_state"], noise_std=NOISE_STD, omega=0.0,
+        train_through=r.get("through", False),
         workers=args.workers, address=args.address, lengthgen_level="hard", lengthgen_lengths=list(args.lengths),
         data_dir=args.data_dir, out=str(out / recipe), configs=8, search_seeds=[100, 101], wave=2,
         families=MATRIX_FAMILIES, eval_limit=args.eval_sequences)

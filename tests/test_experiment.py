@@ -179,3 +179,10 @@ def test_version_1s_slowest_solved_medians_are_those_of_its_results():
         if solved:
             slowest[level] = max(slowest.get(level, 0), statistics.median(solved))
     assert slowest == grid_lib.V1_SLOWEST_SOLVED
+
+
+def test_training_through_the_budget_is_a_flag_of_the_grid():
+    for flags, through in (([], False), (["--train-through"], True)):
+        args = experiment.parser().parse_args(["--protocol", "grid", "--cells", "gru", "--levels", "hard", *flags])
+        spec = grid_lib.Grid(args).spec("gru", "hard", 2e-3, 0)
+        assert spec.train_through is through and spec.config().decay_steps == (spec.steps if through else 0)

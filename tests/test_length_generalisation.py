@@ -296,3 +296,35 @@ def test_every_settable_family_starts_from_the_state_it_is_given_exactly_under_p
     _, moved = model.forward_state(one, np.ones(5, np.int32), "pre", start)
     _, from_zero = model.forward_state(one, np.ones(5, np.int32), "pre", zero)
     assert not np.allclose(np.asarray(moved), np.asarray(from_zero))
+
+
+# ------------------------------------------------------------------------------- training past solving
+
+
+def test_the_learning_rate_falls_to_zero_along_a_cosine_after_the_warm_up():
+    config = TrainConfig(model="rnn", optimizer="sgd", lr=1.0, warmup_steps=2, decay_steps=4, clip_norm=0)
+    tx = create_tx(config)
+    params = jnp.zeros(())
+    opt_state = tx.init(params)
+    rates = []
+    for _ in range(8):  # SGD on a gradient of 1: each update is minus that step's learning rate
+        updates, opt_state = tx.update(jnp.ones(()), opt_state, params)
+        rates.append(-float(updates))
+    cosine = [0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+    np.testing.assert_allclose(rates, [0.0, 0.5, *cosine, 0.0, 0.0], atol=1e-6)
+
+
+def test_a_negative_decay_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="decay_steps must be an integer >= 0"):
+        TrainConfig(model="rnn", decay_steps=-1).validate()
+
+
+@pytest.mark.slow
+def test_a_run_trained_through_keeps_training_past_solving(easy_data_dir):
+    from pipelines.engine.solving import RunSpec, run_one
+    spec = RunSpec("gru", "easy", 0, budget=4800, check_every=320, lr=1e-2, train_through=True)
+    assert spec.key == "gru-easy-through-lr0.01-seed0" and spec.config().decay_steps == spec.steps == 300
+    result, _ = run_one(spec, easy_data_dir)
+    assert len(result.curve) == 15 and result.sequences_trained == 4800  # every check ran: no stop at solving
+    first = next(seen for seen, accuracy in result.curve if accuracy >= 0.99)
+    assert first < 4800 and result.solved and result.sequences_to_solve == first, result.curve

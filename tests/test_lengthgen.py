@@ -70,3 +70,16 @@ def test_a_run_stops_by_its_stop_rule(easy_data_dir):
     result, _ = run_one(spec, easy_data_dir)
     assert any(0.99 <= accuracy < 1.0 for _, accuracy in result.curve[:-1]), result.curve
     assert result.validation_accuracy == 1.0 if result.solved else result.sequences_trained == 9600
+
+
+def test_the_through_recipes_train_their_whole_budget_with_a_decaying_rate(tmp_path):
+    args = lengthgen.parser().parse_args(["--out", os.fspath(tmp_path)])
+    args.budget, args.check_every = lengthgen.BUDGET, lengthgen.CHECK_EVERY
+    for recipe, state in (("passed-through", "passed"), ("varied-through", "zero")):
+        grid = grid_lib.Grid(lengthgen.study_args(recipe, ["mingru"], tmp_path, args))
+        spec = grid.spec("mingru", "hard-var50to200", 4e-3, 0)
+        assert spec.train_through and spec.initial_state == state and spec.key.endswith("-through-lr0.004-seed0")
+        # 100,000 sequences in whole checks of 1,600 (100 steps of 16): 63 checks, the rate at 0 after the last.
+        assert spec.config().decay_steps == spec.steps == 6300
+    plain = grid_lib.Grid(lengthgen.study_args("passed", ["mingru"], tmp_path, args))
+    assert not plain.spec("mingru", "hard-var50to200", 4e-3, 0).train_through

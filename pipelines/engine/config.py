@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    decay_steps: int = 0
     hidden: int = 64
     model_options: dict = dataclasses.field(default_factory=dict)
     optimizer: str = "adam"
@@ -111,6 +112,7 @@ class TrainConfig:
         _check_int("steps_per_epoch", self.steps_per_epoch, 0, "0: one pass over the train split")
         _check_int("bucket_width", self.bucket_width, 0, "0: every batch padded to the level's longest length")
         _check_int("warmup_steps", self.warmup_steps, 0, "0: the full learning rate from the first step")
+        _check_int("decay_steps", self.decay_steps, 0, "0: a constant learning rate")
         _check_int("seed", self.seed, 0)
         _check_int("grad_threads", self.grad_threads, 0, "0: automatic")
         _check_int("unroll", self.unroll, 0, "0: automatic")
@@ -221,6 +223,9 @@ _HELP = {
           "lags of hard and nightmare)",
     "weight_decay": "decoupled weight decay of Adam (AdamW, Loshchilov & Hutter 2019); 0: plain Adam",
     "warmup_steps": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
+    "decay_steps": "steps (after the warm-up) over which the learning rate falls to 0 along a cosine, and stays "
+                   "there (0: constant). Training past solving with a decay is what generalises in length "
+                   "(docs/length_generalisation.md)",
     "hidden": "model width: hidden units of a recurrent cell, the width of the other families",
     "model_options": "the model's other options as a JSON object, e.g. '{\"layers\": 2}' (docs/models.md)",
     "optimizer": "optimizer: adam (AdamW with --weight-decay), or sgd (plain gradient descent, no momentum: "

@@ -163,7 +163,8 @@ class Grid:
                        hidden=self.args.hidden or f.hidden, grad_threads=self.args.grad_threads,
                        model_options=f.options_json(), bucket_width=self.args.bucket_width,
                        initial_state=self.args.initial_state, noise_std=self.args.noise_std, omega=self.args.omega,
-                       solved_error=getattr(self.args, "solved_error", SOLVED_ERROR))
+                       solved_error=getattr(self.args, "solved_error", SOLVED_ERROR),
+                       train_through=getattr(self.args, "train_through", False))
 
     def lrs(self, cell: str) -> tuple[float, ...]:
         """The learning rates tried for ``cell``: --lrs, else its family's grid."""

@@ -37,12 +37,15 @@ def create_model(config: TrainConfig) -> nnx.Module:
 
 
 def create_tx(config: TrainConfig) -> optax.GradientTransformation:
-    """The configured optimizer: Adam (AdamW with weight decay) or plain SGD, a linear warm-up if asked,
-    global-norm gradient clipping when ``clip_norm`` > 0."""
+    """The configured optimizer: Adam (AdamW with weight decay) or plain SGD, a linear warm-up and a cosine decay
+    if asked, global-norm gradient clipping when ``clip_norm`` > 0."""
     lr = config.lr
+    if config.decay_steps:
+        lr = optax.cosine_decay_schedule(config.lr, config.decay_steps)
     if config.warmup_steps:
         lr = optax.join_schedules([optax.linear_schedule(0.0, config.lr, config.warmup_steps),
-                                   optax.constant_schedule(config.lr)], [config.warmup_steps])
+                                   lr if config.decay_steps else optax.constant_schedule(config.lr)],
+                                  [config.warmup_steps])
     if config.optimizer == "sgd":
         tx = optax.sgd(lr) if not config.weight_decay else optax.chain(
             optax.add_decayed_weights(config.weight_decay), optax.sgd(lr))

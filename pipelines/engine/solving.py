@@ -66,12 +66,17 @@ class RunSpec:
     role: str = ""  # in a tuned study: 't03' (the search's 4th configuration) or 'final'; '' names it by its lr
     prune_below: tuple[float, ...] = ()  # see solving.run_one: the accuracy a check must reach to go on
     solved_error: float = SOLVED_ERROR  # the stop rule: solved at most this fraction of validation wrong
+    # Train the whole budget, the learning rate falling to 0 along a cosine over it, not stopping once solved:
+    # solving within 200 symbols comes well before what carries to 5,000 (docs/length_generalisation.md).
+    train_through: bool = False
 
     @property
     def recipe(self) -> str:
-        """The training recipe beyond the defaults, as a name part: '', '-passed', '-noise0.5', '-omega4', ..."""
+        """The training recipe beyond the defaults, as a name part: '', '-passed', '-noise0.5', '-omega4',
+        '-passed-through', ..."""
         parts = [f"-{self.initial_state}" + (f"{self.noise_std:g}" if self.initial_state == "noise" else "")
-                 if self.initial_state != "zero" else "", f"-omega{self.omega:g}" if self.omega else ""]
+                 if self.initial_state != "zero" else "", f"-omega{self.omega:g}" if self.omega else "",
+                 "-through" if self.train_through else ""]
         return "".join(parts)
 
     @property
@@ -80,11 +85,22 @@ class RunSpec:
         role = f"-{self.role}" if self.role else f"-lr{self.lr:g}"
         return f"{self.cell.replace(':', '.')}-{self.level}{self.recipe}{role}-seed{self.seed}"
 
+    @property
+    def steps_per_check(self) -> int:
+        """Optimizer steps between two checks."""
+        return max(1, self.check_every // self.batch_size)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the whole budget (at least one check runs)."""
+        return -(-self.budget // (self.steps_per_check * self.batch_size)) * self.steps_per_check
+
     def config(self, data_dir: str | os.PathLike | None = None) -> TrainConfig:
         """The training configuration of this run."""
         return TrainConfig(model=self.cell, difficulty=self.level, batch_size=self.batch_size, lr=self.lr,
                            optimizer=self.optimizer,
                            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                           decay_steps=self.steps if self.train_through else 0,
                            clip_norm=self.clip_norm, hidden=self.hidden, seed=self.seed, data_dir=data_dir,
                            padding=self.padding, grad_threads=self.grad_threads, workdir=os.devnull,
                            bucket_width=self.bucket_width, initial_state=self.initial_state,
@@ -140,13 +156,11 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     if spec.budget <= 0 or spec.check_every <= 0:
         raise ValueError(f"budget and check_every must be positive, got {spec.budget} and {spec.check_every}")
     config = spec.config(data_dir)
-    steps_per_check = max(1, spec.check_every // spec.batch_size)
-    checks = -(-spec.budget // (steps_per_check * spec.batch_size))  # at least one check runs
     t0 = time.perf_counter()
     with Session.open(config, eval_batch_size=EVAL_BATCH) as session:
-        rule = _StopRule(session, monitor, spec.prune_below, spec.solved_error)
+        rule = _StopRule(session, monitor, spec.prune_below, spec.solved_error, stop_solved=not spec.train_through)
         try:
-            stopped = train_steps(session, checks * steps_per_check, [Every(steps_per_check, rule.check)]) == STOPPED
+            stopped = train_steps(session, spec.steps, [Every(spec.steps_per_check, rule.check)]) == STOPPED
             ended = SOLVED if rule.solved else PRUNED if stopped else NOT_SOLVED
         except Diverged:
             ended = DIVERGED
@@ -155,7 +169,9 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
         params = jax.device_get(session.state.params)
     wrong_of_2560 = int((test.predicted[:PAPER_TEST] != test.labels[:PAPER_TEST]).sum())
     solved = ended == SOLVED
-    result = RunResult(spec.cell, spec.level, spec.seed, solved, session.sequences_seen if solved else None,
+    # Trained through, a run is solved when its last check is, and took the sequences of its first solved check.
+    to_solve = (rule.first_solved if spec.train_through else session.sequences_seen) if solved else None
+    result = RunResult(spec.cell, spec.level, spec.seed, solved, to_solve,
                        session.sequences_seen, test.metrics()["accuracy"], wrong_of_2560,
                        round(time.perf_counter() - t0, 1), rule.curve, session.parameters, session.state_size,
                        rule.accuracy, spec.lr, ended, spec.role, spec.budget)
@@ -167,12 +183,13 @@ class _StopRule:
     ``solved_error`` (SOLVED_ERROR by default)."""
 
     def __init__(self, session: Session, monitor: Monitor | None, prune_below: tuple[float, ...] = (),
-                 solved_error: float = SOLVED_ERROR):
+                 solved_error: float = SOLVED_ERROR, stop_solved: bool = True):
         self.session, self.monitor, self.prune_below = session, monitor, prune_below
-        self.solved_error = solved_error
+        self.solved_error, self.stop_solved = solved_error, stop_solved
         self.curve: list[tuple[int, float]] = []
         self.accuracy: float | None = None
         self.solved = False
+        self.first_solved: int | None = None  # the sequences seen at the first check that met the rule
 
     def check(self, step: int) -> bool:
         """Whether to stop after ``step``: solved, or the monitor says so."""
@@ -188,10 +205,12 @@ class _StopRule:
         self.accuracy = accuracy
         self.curve.append((s.sequences_seen, accuracy))
         self.solved = 1.0 - accuracy <= self.solved_error
+        if self.solved and self.first_solved is None:
+            self.first_solved = s.sequences_seen
         check = len(self.curve) - 1
         # A tuning run clearly behind the finished runs of its search at this check stops here (pruned).
         trailing = check < len(self.prune_below) and accuracy < self.prune_below[check]
-        return self.solved or trailing or bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
+        return (self.solved and self.stop_solved) or trailing or bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
 
 
 def write_events(result: RunResult, logdir: Path) -> None:
