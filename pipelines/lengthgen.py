@@ -56,6 +56,8 @@ stopping once solved."""
 NOISE_STD = 0.5
 """Standard deviation of the noisy initial state (Buitrago Ruiz & Gu 2025 fit it to the final states' spread;
 a fixed 0.5 is about the spread of an LSTM's or a GRU's final h on this task)."""
+MATRIX_SEEDS, PASCANU_SEEDS = (0, 1, 2), (0, 1, 2, 3, 4)
+"""The seeds of a (family, recipe) (the learning rate chosen on the first), and of Pascanu's experiment."""
 LENGTHS = (200, 500, 1000, 2000, 5000, 10000)
 BUDGET, CHECK_EVERY = 100_000, 1600
 """Training sequences per run, and between checks (the varied levels' validation holds lengths 50-200)."""
@@ -83,8 +85,10 @@ def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespac
     """The grid's settings for one recipe's study."""
     r = RECIPES[recipe]
     return argparse.Namespace(
-        cells=cells, levels=[r["level"]], seeds=[0, 1, 2], lr_seeds=1, lrs=None, protocol="grid",
-        budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=16, grad_threads=1,
+        cells=cells, levels=[r["level"]], seeds=list(args.seeds or MATRIX_SEEDS), lr_seeds=1, lrs=args.lrs,
+        protocol="grid",
+        budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=args.hidden, batch_size=16,
+        grad_threads=1,
         bucket_width=r["bucket_width"], initial_state=r["initial_state"], noise_std=NOISE_STD, omega=0.0,
         train_through=r.get("through", False),
         workers=args.workers, address=args.address, lengthgen_level="hard", lengthgen_lengths=list(args.lengths),
@@ -104,9 +108,10 @@ def pascanu_folder(out: Path, train_size: int | None) -> Path:
 
 def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings of Pascanu et al.'s experiment, as a grid of one family at one learning rate."""
+    seeds = args.seeds or PASCANU_SEEDS
     return argparse.Namespace(
-        cells=["pascanu_rnn"], levels=[pascanu_level(args.pascanu_train)], seeds=list(args.seeds),
-        lr_seeds=len(args.seeds), lrs=[0.01],
+        cells=["pascanu_rnn"], levels=[pascanu_level(args.pascanu_train)], seeds=list(seeds),
+        lr_seeds=len(seeds), lrs=[0.01],
         protocol="grid", budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=20,
         grad_threads=1, optimizer="sgd", bucket_width=10, initial_state="zero", noise_std=1.0, omega=4.0,
         workers=args.workers, address=args.address, lengthgen_level=None, lengthgen_lengths=[],
@@ -206,7 +211,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pascanu-train", type=int, default=None, metavar="N",
                    help="--pascanu: train on a split of N sequences (default 100,000; they drew fresh sequences for "
                         "every minibatch), in OUT/pascanu-trainN")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="--pascanu: the seeds (default 0-4)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="the seeds: the learning rate is chosen on the first (default: 0 1 2; --pascanu: 0-4)")
+    p.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="learning rates tried on the first seed (default: each family's, as the leaderboard's)")
+    p.add_argument("--hidden", type=int, default=None, help="width of every family (default: each family's)")
     p.add_argument("--workers", type=int, default=None, help="runs side by side (default: one per core)")
     p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
     p.add_argument("--data-dir", default=None)
@@ -221,11 +230,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         out = Path(args.out)
-        if not args.pascanu and (args.pascanu_train is not None or args.seeds != parser().get_default("seeds")):
-            raise ValueError("--seeds and --pascanu-train belong to --pascanu (the matrix runs seeds 0, 1 and 2)")
-        if any(s < 0 for s in args.seeds):
-            raise ValueError(f"--seeds must be non-negative, got {args.seeds}")
-        for name in ("budget", "check_every", "eval_sequences", "workers", "pascanu_train"):
+        if not args.pascanu and args.pascanu_train is not None:
+            raise ValueError("--pascanu-train belongs to --pascanu")
+        if args.pascanu and (args.lrs is not None or args.hidden is not None):
+            raise ValueError("--lrs and --hidden belong to the matrix; --pascanu is their setting (lr 0.01, 50 units)")
+        if args.seeds is not None and (any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds)):
+            raise ValueError(f"--seeds must be distinct and non-negative, got {args.seeds}")
+        if args.lrs is not None and any(not lr > 0 for lr in args.lrs):
+            raise ValueError(f"--lrs must be positive, got {args.lrs}")
+        for name in ("budget", "check_every", "eval_sequences", "workers", "pascanu_train", "hidden"):
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{recipe}: left out {', '.join(skipped)} (no settable state)", flush=True)
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
                 run_grid(study_args(recipe, cells, out, args))
-        found = matrix(out, args.recipes)
+        found = matrix(out, list(RECIPES))  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)
         reporting.write_text(out / "matrix.md", table)

@@ -51,7 +51,9 @@ def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys):
     assert {r["bucket_width"] for r in runs} == {25}
     assert (out / "matrix.png").stat().st_size > 0 and "| gru | noise |" in (out / "matrix.md").read_text()
     capsys.readouterr()
-    assert lengthgen.main([*args, "--replot"]) == 0 and "| gru | noise |" in capsys.readouterr().out
+    # The matrix holds every recipe studied in --out, whichever recipes the command names.
+    others = [a if a != "noise" else "varied" for a in args]
+    assert lengthgen.main([*others, "--replot"]) == 0 and "| gru | noise |" in capsys.readouterr().out
 
 
 def test_pascanus_runs_stop_by_their_codes_rule():
@@ -83,3 +85,12 @@ def test_the_through_recipes_train_their_whole_budget_with_a_decaying_rate(tmp_p
         assert spec.config().decay_steps == spec.steps == 6300
     plain = grid_lib.Grid(lengthgen.study_args("passed", ["mingru"], tmp_path, args))
     assert not plain.spec("mingru", "hard-var50to200", 4e-3, 0).train_through
+    assert plain.args.seeds == [0, 1, 2] and plain.lrs("mingru") == (1e-3, 3e-3, 1e-2)
+
+
+def test_the_matrix_takes_its_seeds_learning_rates_and_width_from_the_command(tmp_path):
+    args = lengthgen.parser().parse_args(["--hidden", "128", "--lrs", "0.004", "--seeds", "0", "3", "5"])
+    args.budget, args.check_every = lengthgen.BUDGET, lengthgen.CHECK_EVERY
+    grid = grid_lib.Grid(lengthgen.study_args("passed-through", ["mingru"], tmp_path, args))
+    assert grid.args.seeds == [0, 3, 5] and grid.lrs("mingru") == (0.004,)
+    assert grid.spec("mingru", "hard-var50to200", 0.004, 3).hidden == 128
