@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,8 @@ def test_the_matrix_table_gives_the_median_and_range_over_seeds():
 
 
 @pytest.mark.slow
-def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys):
+def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.fspath(Path(__file__).resolve().parents[1]))  # examples/ from the repository
     out = tmp_path / "lg"
     # One recipe: every recipe is the same code with other settings (tests/test_length_generalisation.py).
     args = ["--cells", "gru", "--recipes", "noise", "--lengths", "200", "--budget", "640",
@@ -50,6 +52,14 @@ def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys):
     assert {r["initial_state"] for r in runs} == {"noise"} and {r["level"] for r in runs} == {"hard-var50to200"}
     assert {r["bucket_width"] for r in runs} == {25}
     assert (out / "matrix.png").stat().st_size > 0 and "| gru | noise |" in (out / "matrix.md").read_text()
+    # examples/evaluate_saved_run.py: a saved model of the study, on other test sequences, as the study does it.
+    from examples.evaluate_saved_run import evaluate_saved_run
+    key = sorted(p.stem for p in (out / "noise" / "models").glob("*.npz"))[0]
+    record = evaluate_saved_run(out / "noise", key, ["hard-len200"], 32, os.fspath(tmp_path / "data"))
+    saved = json.loads((out / "noise" / "lengthgen" / f"{key}.json").read_text())
+    assert record == {"hard-len200": saved["hard-len200"]}  # the same 32 sequences the study evaluated
+    with pytest.raises(ValueError, match=f"no saved run 'nope' in .*; its saved runs: {key}"):
+        evaluate_saved_run(out / "noise", "nope", ["hard-len200"], 32)
     capsys.readouterr()
     # The matrix holds every recipe studied in --out, whichever recipes the command names.
     others = [a if a != "noise" else "varied" for a in args]
