@@ -28,9 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+from pipelines.engine.pool import WORKER_ENV  # noqa: E402 - imports no JAX
+
 # One XLA thread, as a grid worker: set before JAX is imported.
-os.environ.update({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-                   "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+os.environ.update(WORKER_ENV)
 
 TWO_WORKER_SPEEDUP = 1.24
 """Two Ray workers on this 2-core machine against one (benchmarks/grid_throughput.py, docs/performance.md)."""

@@ -169,8 +169,9 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
         params = jax.device_get(session.state.params)
     wrong_of_2560 = int((test.predicted[:PAPER_TEST] != test.labels[:PAPER_TEST]).sum())
     solved = ended == SOLVED
-    # Trained through, a run is solved when its last check is, and took the sequences of its first solved check.
-    to_solve = (rule.first_solved if spec.train_through else session.sequences_seen) if solved else None
+    # A run that stops at solving stops at its first solved check; one trained through is solved when its last
+    # check is, and took the sequences of its first solved check.
+    to_solve = rule.first_solved if solved else None
     result = RunResult(spec.cell, spec.level, spec.seed, solved, to_solve,
                        session.sequences_seen, test.metrics()["accuracy"], wrong_of_2560,
                        round(time.perf_counter() - t0, 1), rule.curve, session.parameters, session.state_size,
@@ -210,7 +211,8 @@ class _StopRule:
         check = len(self.curve) - 1
         # A tuning run clearly behind the finished runs of its search at this check stops here (pruned).
         trailing = check < len(self.prune_below) and accuracy < self.prune_below[check]
-        return (self.solved and self.stop_solved) or trailing or bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
+        monitored = bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
+        return (self.solved and self.stop_solved) or trailing or monitored
 
 
 def write_events(result: RunResult, logdir: Path) -> None:
