@@ -67,14 +67,28 @@ def _running_tasks(driver: subprocess.Popen) -> list[psutil.Process]:
         procs = psutil.Process(driver.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    out = []
-    for p in procs:
-        try:
-            if "ray::_task" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
+    return [p for p in procs if _running_a_task(p)]
+
+
+def _running_a_task(proc: psutil.Process) -> bool:
+    try:
+        return "ray::_task" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _inside_a_run(worker: psutil.Process, poll: float = 0.2) -> bool:
+    """Whether ``worker`` is past its start and inside a run that it has been running for ``poll`` seconds.
+
+    The grid's seeds run one after another (seed 1 waits for seed 0's choice), often in the same worker: a
+    worker between two runs, or at the first instant of its next one, is not a worker killed mid-run."""
+    try:
+        if not _running_a_task(worker) or sum(worker.cpu_times()[:2]) < STARTED_CPU_S:
+            return False
+    except psutil.Error:
+        return False
+    time.sleep(poll)
+    return _running_a_task(worker)
 
 
 def _wait(predicate, timeout: float) -> bool:
@@ -96,9 +110,14 @@ def test_a_killed_worker_has_its_run_redone_once_and_a_second_writer_is_refused(
         second = subprocess.Popen([sys.executable, "-m", "pipelines.experiment", *SLOW, "--data-dir", data_dir,
                                    "--out", os.fspath(out)], cwd=REPO, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        victim = _running_tasks(driver)[0]
-        assert _wait(lambda: sum(victim.cpu_times()[:2]) >= STARTED_CPU_S, 120)  # inside the run
-        victim.send_signal(signal.SIGKILL)
+        victims: list[psutil.Process] = []
+
+        def a_worker_inside_a_run() -> bool:
+            victims[:] = [p for p in _running_tasks(driver) if _inside_a_run(p)]
+            return bool(victims)
+
+        assert _wait(a_worker_inside_a_run, 120)
+        victims[0].send_signal(signal.SIGKILL)
         _, second_err = second.communicate(timeout=120)
         assert second.returncode == 1, second_err[-3000:]
         assert f"{out} is in use by another experiment (pid {driver.pid}" in second_err
