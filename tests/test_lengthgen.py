@@ -104,3 +104,23 @@ def test_the_matrix_takes_its_seeds_learning_rates_and_width_from_the_command(tm
     grid = grid_lib.Grid(lengthgen.study_args("passed-through", ["mingru"], tmp_path, args))
     assert grid.args.seeds == [0, 3, 5] and grid.lrs("mingru") == (0.004,)
     assert grid.spec("mingru", "hard-var50to200", 0.004, 3).hidden == 128
+
+
+@pytest.mark.slow
+def test_pascanus_experiment_end_to_end(tmp_path, ray_cluster, capsys, monkeypatch):
+    # Their experiment as the command runs it, shrunk: a split of 2,000, 40 sequences, one test length. It used
+    # to train, evaluate and then fail on its last step (the heatmap's label had no suite to name).
+    monkeypatch.setattr(lengthgen, "PASCANU_LENGTHS", (50,))
+    out = tmp_path / "lg"
+    args = ["--pascanu", "--pascanu-train", "2000", "--seeds", "0", "--budget", "40", "--check-every", "20",
+            "--out", os.fspath(out), "--data-dir", os.fspath(tmp_path / "data")]
+    assert lengthgen.main(args) == 0
+    printed = capsys.readouterr().out
+    folder = out / "pascanu-train2000"
+    run = json.loads((folder / "runs" / f"{next((folder / 'lengthgen').glob('*.json')).stem}.json").read_text())
+    assert run["settings"]["level"] == f"{lengthgen.PASCANU_LEVEL}-train2000" and run["result"]["seed"] == 0
+    wrong = round((1 - json.loads(next((folder / "lengthgen").glob("*.json")).read_text())[
+        lengthgen.pascanu_config(50)]) * 10_000)
+    assert f"| 0 | not in 40 | {wrong} wrong |" in printed
+    assert (folder / "lengthgen.png").stat().st_size > 0
+    assert f"trained on {lengthgen.PASCANU_LEVEL}-train2000" in (folder / "lengthgen.md").read_text()

@@ -401,9 +401,11 @@ def run_grid(args: argparse.Namespace) -> int:
         table = {c: per for c, per in table.items() if c in args.cells}
     results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
     lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)}) if args.protocol == "grid" else None
-    print("\n" + leaderboard.write(results, out, args.cells, lrs, table, args.lengthgen_level))
+    # The level the evaluated models were trained on: the suite's, or (explicit eval_configs) the levels run.
+    trained_on = args.lengthgen_level or ", ".join(args.levels)
+    print("\n" + leaderboard.write(results, out, args.cells, lrs, table, trained_on))
     if table:
-        print(leaderboard.lengthgen_table(table, args.lengthgen_level))
+        print(leaderboard.lengthgen_table(table, trained_on))
     print(f"Wrote results.json, results.csv, results.md, sequences_to_solve.png, learning_curves.png"
           f"{', lengthgen.md, lengthgen.png' if table else ''} and events/ (TensorBoard) to {out}")
     if failed:
