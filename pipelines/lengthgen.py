@@ -18,7 +18,7 @@ leaderboard's protocol version 1, pipelines.engine.grid), and every model of the
 ``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the length). The recipes
 that start from a given state need a family whose state can be set; the others are left out of their rows and
 said so. ``--pascanu`` instead runs Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
-bucket of 10 lengths per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, stopped as
+length per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, stopped as
 their code stops (no validation sequence wrong), evaluated on 10,000 sequences at each length from 50 to 10,000
 with their positions.
 
@@ -101,9 +101,10 @@ def pascanu_level(train_size: int | None) -> str:
     return PASCANU_LEVEL if train_size is None else f"{PASCANU_LEVEL}-train{train_size}"
 
 
-def pascanu_folder(out: Path, train_size: int | None) -> Path:
-    """The study folder of Pascanu's runs (one per training-split size)."""
-    return out / ("pascanu" if train_size is None else f"pascanu-train{train_size}")
+def pascanu_folder(out: Path, train_size: int | None, buckets: int = 1) -> Path:
+    """The study folder of Pascanu's runs (one per training-split size and bucket width)."""
+    return out / ("pascanu" + ("" if train_size is None else f"-train{train_size}")
+                  + ("" if buckets == 1 else f"-buckets{buckets}"))
 
 
 def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -113,11 +114,11 @@ def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
         cells=["pascanu_rnn"], levels=[pascanu_level(args.pascanu_train)], seeds=list(seeds),
         lr_seeds=len(seeds), lrs=[0.01],
         protocol="grid", budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=20,
-        grad_threads=1, optimizer="sgd", bucket_width=10, initial_state="zero", noise_std=1.0, omega=4.0,
+        grad_threads=1, optimizer="sgd", bucket_width=args.pascanu_buckets or 1, initial_state="zero", noise_std=1.0, omega=4.0,
         workers=args.workers, address=args.address, lengthgen_level=None, lengthgen_lengths=[],
         solved_error=PASCANU_SOLVED_ERROR,
         eval_configs=[pascanu_config(n) for n in PASCANU_LENGTHS], eval_limit=10_000, data_dir=args.data_dir,
-        out=os.fspath(pascanu_folder(Path(args.out), args.pascanu_train)), configs=8, search_seeds=[100, 101],
+        out=os.fspath(pascanu_folder(Path(args.out), args.pascanu_train, args.pascanu_buckets or 1)), configs=8, search_seeds=[100, 101],
         wave=2,
         families={"pascanu_rnn": Family("pascanu_rnn", 50, (0.01,), "basic tanh: every weight N(0, 0.1^2)")})
 
@@ -211,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pascanu-train", type=int, default=None, metavar="N",
                    help="--pascanu: train on a split of N sequences (default 100,000; they drew fresh sequences for "
                         "every minibatch), in OUT/pascanu-trainN")
+    p.add_argument("--pascanu-buckets", type=int, default=None, metavar="W",
+                   help="--pascanu: minibatches drawn from buckets of W lengths (default 1: one length per minibatch, "
+                        "as their code does), in OUT/pascanu[-trainN]-bucketsW for W > 1")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="the seeds: the learning rate is chosen on the first (default: 0 1 2; --pascanu: 0-4)")
     p.add_argument("--lrs", nargs="+", type=float, default=None,
@@ -230,15 +234,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         out = Path(args.out)
-        if not args.pascanu and args.pascanu_train is not None:
-            raise ValueError("--pascanu-train belongs to --pascanu")
+        for name in ("pascanu_train", "pascanu_buckets"):
+            if not args.pascanu and getattr(args, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} belongs to --pascanu")
         if args.pascanu and (args.lrs is not None or args.hidden is not None):
             raise ValueError("--lrs and --hidden belong to the matrix; --pascanu is their setting (lr 0.01, 50 units)")
         if args.seeds is not None and (any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds)):
             raise ValueError(f"--seeds must be distinct and non-negative, got {args.seeds}")
         if args.lrs is not None and any(not lr > 0 for lr in args.lrs):
             raise ValueError(f"--lrs must be positive, got {args.lrs}")
-        for name in ("budget", "check_every", "eval_sequences", "workers", "pascanu_train", "hidden"):
+        for name in ("budget", "check_every", "eval_sequences", "workers", "pascanu_train", "pascanu_buckets",
+                     "hidden"):
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -250,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.pascanu:
             args.budget = args.budget or 10_000_000
             args.check_every = args.check_every or 20_000
+            args.pascanu_buckets = args.pascanu_buckets or 1
             if not args.replot:
                 run_grid(pascanu_args(args))
-            print(pascanu_table(pascanu_folder(out, args.pascanu_train)))
+            print(pascanu_table(pascanu_folder(out, args.pascanu_train, args.pascanu_buckets)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         if not args.replot:

@@ -34,6 +34,8 @@ CASES = [
     ("lengthgen", ["--hidden", "0"], 2, "--hidden must be positive, got 0"),
     ("lengthgen", ["--pascanu", "--hidden", "64"], 2, "--lrs and --hidden belong to the matrix"),
     ("lengthgen", ["--pascanu-train", "100"], 2, "--pascanu-train belongs to --pascanu"),
+    ("lengthgen", ["--pascanu-buckets", "10"], 2, "--pascanu-buckets belongs to --pascanu"),
+    ("lengthgen", ["--pascanu", "--pascanu-buckets", "0"], 2, "--pascanu-buckets must be positive, got 0"),
     ("train", ["--batch-size", "0"], 2, "batch_size must be a positive integer, got 0"),
     ("train", ["--batch-size", "abc"], 2, "invalid int value: 'abc'"),
     ("train", ["--batch-size", "200000", "--grad-threads", "1", "--data-dir", "DATA", "--workdir", "NEW"], 2,

@@ -72,6 +72,12 @@ def test_pascanus_runs_stop_by_their_codes_rule():
     args.budget, args.check_every = 1000, 100
     spec = grid_lib.Grid(lengthgen.pascanu_args(args)).spec("pascanu_rnn", lengthgen.PASCANU_LEVEL, 0.01, 0)
     assert spec.solved_error == 0.0 and spec.omega == 4.0 and spec.optimizer == "sgd" and spec.batch_size == 20
+    assert spec.bucket_width == 1  # their code: one length per minibatch
+    # Another bucket width is another study, in a folder of its own.
+    args.pascanu_buckets, args.pascanu_train = 10, 3000
+    assert grid_lib.Grid(lengthgen.pascanu_args(args)).spec(
+        "pascanu_rnn", lengthgen.pascanu_level(3000), 0.01, 0).bucket_width == 10
+    assert lengthgen.pascanu_args(args).out.endswith(os.sep + "pascanu-train3000-buckets10")
 
 
 @pytest.mark.slow
