@@ -7,8 +7,11 @@ row v equals ``one_hot(v) @ W_ih + b``) and a fused recurrent kernel ``w_hh`` [H
 Padding contract: real steps come LAST (pre-padding) and a padded step holds a token id outside ``[0, V)``
 (e.g. ``V``). A padded step gets an exactly-zero input, and from a zero state a zero input keeps every cell
 here exactly at zero (LSTM: c = 0.5*0 + 0.5*tanh(0) = 0; GRU: h = tanh(0) + 0.5*(0 - 0) = 0; RNN:
-relu(tanh(0)) = 0). So no mask is needed inside the loop: the final state is the state after the last real
-token, bit for bit, and the padded steps add nothing to any gradient (their h_{t-1} and one-hot row are 0).
+relu(tanh(0)) = 0). So no mask is needed inside the forward loop: the final state is the state after the last
+real token, bit for bit, and the padded steps add nothing to any gradient (their h_{t-1} and one-hot row are
+0). The LSTM's and the GRU's backward loops still zero the cotangents of padded steps (:func:`_real`):
+carried back through a long stretch of padding they can overflow float32, and ``0 * inf`` is NaN. The plain
+forward that JAX differentiates (``custom_grad=False``, the tests' reference) does not, and can overflow there.
 
 Why hand-written backward passes (``jax.custom_vjp``)? Measured on a 2-core XLA:CPU: every op inside a
 ``while`` body is a separately dispatched, single-threaded kernel (~1 us of overhead each), each per-step
@@ -58,6 +61,18 @@ def _augmented(h: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
 def _outer(a: jax.Array, dz: jax.Array) -> jax.Array:
     """a^T @ dz [H+V, G]: one step's weight gradient, summed over the batch."""
     return lax.dot_general(a, dz, (((0,), (0,)), ((), ())))
+
+
+def _real(a: jax.Array, hidden: int) -> jax.Array:
+    """[B, 1]: 1 where the step of ``a`` (:func:`_augmented`) holds a real token, 0 where it is padding.
+
+    The backward loops zero their cotangents on padded steps with it. A padded step's state is the constant
+    zero, so its exact gradient is zero; but a cotangent carried back through the padding is multiplied at each
+    padded step by the cell's Jacobian at the zero state, which can expand (the LSTM's g-gate path and the
+    GRU's candidate path through ``W_hh``). Over the 200 padded steps of a ``nightmare`` batch it overflowed
+    float32 to inf, and ``0 * inf`` in the weight gradient made the update NaN. Where it stayed finite,
+    zeroing it changes nothing (the padded rows of ``[h | onehot]`` are zero)."""
+    return a[:, hidden:].sum(axis=1, keepdims=True)  # the one-hot part: all zero for padding
 
 
 def _sigmoid_scale(blocks: tuple[float, ...], hidden: int, dtype: jnp.dtype) -> jax.Array:
@@ -131,6 +146,8 @@ def _lstm_bwd(unroll, res, dh_last):
         dh, dc, dw_aug = carry
         tok, hp, cp = xs
         a = _augmented(hp, tok, vocab)
+        real = _real(a, hidden)
+        dh, dc = dh * real, dc * real
         u = jnp.tanh(a @ w_aug)  # recomputed gates (scaled pre-activations)
         ui, uf, ug, uo = (u[:, j * hidden:(j + 1) * hidden] for j in range(4))
         i, f, o = 0.5 * ui + 0.5, 0.5 * uf + 0.5, 0.5 * uo + 0.5
@@ -202,6 +219,7 @@ def _gru_bwd(unroll, res, dh_last):
         dh, dw_aug = carry
         tok, hp = xs
         a = _augmented(hp, tok, vocab)
+        dh = dh * _real(a, hidden)
         za = a @ w_aug
         u = jnp.tanh(za[:, :2 * hidden])
         ur, uz = u[:, :hidden], u[:, hidden:]

@@ -231,6 +231,34 @@ def test_custom_vjp_matches_autodiff_of_the_same_scan():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"{cell} {name}")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_long_stretch_of_padding_adds_nothing_to_the_gradient(cell):
+    # A nightmare batch (lengths 300-500) pads its shortest rows by up to 200 steps. Carried back through them,
+    # a padded step's cotangent grew by the cell's Jacobian at the zero state until float32 overflowed, and
+    # 0 * inf made the update NaN (the LSTM's search runs there "diverged"). An expansive W_hh shows it in 300.
+    from qrsu_models import layout, recurrence
+
+    rng = np.random.default_rng(9)
+    hidden, steps, short = 8, 300, 5
+    w_in = jnp.asarray(rng.normal(size=(V, recurrence.GATES[cell] * hidden)), jnp.float32)
+    w_hh = jnp.asarray(rng.normal(size=(hidden, recurrence.GATES[cell] * hidden)) * 10, jnp.float32)
+    rows = rng.integers(0, V, (2, steps)).astype(np.int32)
+    cot = jnp.asarray(rng.normal(size=(1, hidden)), jnp.float32)
+
+    def grad(tokens, lengths, cotangent):
+        tok = layout.time_major_ids(jnp.asarray(tokens), jnp.asarray(lengths), "pre", V)
+        return jax.grad(lambda a, b: (recurrence.last_hidden(cell, tok, a, b) * cotangent).sum(),
+                        argnums=(0, 1))(w_in, w_hh)
+
+    # Row 1 is `short` long, padded by 295 steps; row 0 is there to make the batch long and has no cotangent.
+    batch = np.stack([rows[0], np.concatenate([np.zeros(steps - short, np.int32), rows[1, :short]])])
+    padded = grad(batch, [steps, short], jnp.concatenate([jnp.zeros_like(cot), cot]))
+    alone = grad(rows[1:, :short], [short], cot)
+    for name, got, want in zip(("w_in", "w_hh"), padded, alone):
+        assert np.all(np.isfinite(got)), f"{cell} {name}"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"{cell} {name}")
+
+
 # ---------------------------------------------------------------------------------------------- inits
 
 
