@@ -77,11 +77,24 @@ def _records(out):
     return {p.stem: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
 
 
+def test_a_stopped_evaluation_keeps_its_configs_and_evaluates_only_the_rest(first, data_dir, capsys):
+    # Each (model, config) is a task saved as it ends: a study stopped inside a model's evaluations keeps the
+    # configs done (a Transformer's at 10,000 alone is minutes), and a rerun evaluates only the others.
+    files = sorted((first / "lengthgen").glob("*.json"))
+    full = json.loads(files[0].read_text())
+    files[0].write_text(json.dumps({"easy-len16": full["easy-len16"]}))  # as if stopped after its first config
+    others = {p: p.stat().st_mtime_ns for p in files[1:]}
+    assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
+    assert "21 tasks are done already" in capsys.readouterr().out
+    assert json.loads(files[0].read_text()) == full  # the same model on the same sequences
+    assert {p: p.stat().st_mtime_ns for p in files[1:]} == others
+
+
 def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsys):
     table = (first / "results.md").read_text()
     before = _records(first)
     assert experiment.main(["--quick", "--data-dir", data_dir, "--out", os.fspath(first)]) == 0
-    assert _records(first) == before and "16 tasks are done already" in capsys.readouterr().out
+    assert _records(first) == before and "22 tasks are done already" in capsys.readouterr().out
     assert (first / "results.md").read_text() == table
     # Another seed of the same settings: only the new run trains, and the table holds it.
     assert experiment.main(["--quick", "--cells", "lstm", "--seeds", "0", "1", "2", "3", "--data-dir", data_dir,
@@ -161,8 +174,8 @@ def test_the_default_grid_has_every_family_on_every_level():
     grid = grid_lib.Grid(args)
     every = {(c, lv) for c in grid_lib.FAMILIES for lv in grid_lib.TUNED_BUDGETS}
     assert set(grid.pairs()) == every and len(every) == 10 * 6 and args.protocol == "tuned"
-    # 8 configurations on 2 seeds, then 5 final seeds; and each final model on hard evaluated at length.
-    assert grid.total() == (8 * 2 + 5) * len(every) + 5 * len(grid_lib.FAMILIES)
+    # 8 configurations on 2 seeds, then 5 final seeds; and each final model on hard evaluated at each length.
+    assert grid.total() == (8 * 2 + 5) * len(every) + 5 * len(grid_lib.FAMILIES) * len(grid_lib.LENGTHGEN_LENGTHS)
     # One budget per level for every family: at least 100,000 on hard and exp6b.
     assert {grid.spec(c, lv, 1e-3, 0).budget for c, lv in every if lv == "hard"} == {grid_lib.TUNED_BUDGETS["hard"]}
     assert min(grid_lib.TUNED_BUDGETS["hard"], grid_lib.TUNED_BUDGETS["exp6b"]) >= 100_000

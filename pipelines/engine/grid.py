@@ -191,7 +191,7 @@ class Grid:
                 out += self.args.configs * len(self.args.search_seeds) + len(seeds)
             else:
                 out += len(self.lrs(cell)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
-            out += len(seeds) if self.lengthgen_configs(level) else 0
+            out += len(seeds) * len(self.lengthgen_configs(level))
         return out
 
     def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir):
@@ -281,44 +281,54 @@ class CellPlan:
         return sum(s.key in self.results for s in self.specs())
 
 
-class LengthPlan:
-    """The evaluations at length of the models in a plan's row (the chosen configuration's seeds), each a task
-    once its run has finished."""
+def eval_key(spec: RunSpec, config: str) -> str:
+    """The task that evaluates the model of run ``spec`` on ``config``."""
+    return f"eval:{spec.key}@{config}"
 
-    def __init__(self, source, configs: list[str], evaluated: set[str], params_of, data_dir,
+
+class LengthPlan:
+    """The evaluations at length of the models in a plan's row (the chosen configuration's seeds): a task per
+    model and config once its run has finished, so that a stopped study keeps every config evaluated (a
+    Transformer's at 10,000 alone takes minutes) and one model's configs can go to several workers."""
+
+    def __init__(self, source, configs: list[str], evaluated: dict[str, set[str]], params_of, data_dir,
                  limit: int = LENGTHGEN_LIMIT):
         self.source, self.configs, self.params_of, self.data_dir = source, configs, params_of, data_dir
         self.limit = limit
-        self.evaluated, self.handed = set(evaluated), set()
+        self.evaluated = {key: set(done) for key, done in evaluated.items()}  # run key -> configs evaluated
+        self.handed: set[str] = set()
 
     def _finished_rows(self) -> list[RunSpec]:
         return [s for s in self.source.row_specs() if s.key in self.source.results]
 
+    def _missing(self, spec: RunSpec) -> list[str]:
+        return [c for c in self.configs if c not in self.evaluated.get(spec.key, ())]
+
     def ready(self) -> list[Job]:
-        """An evaluation per finished model of the row not evaluated nor handed out."""
+        """An evaluation per finished model of the row and config, not evaluated nor handed out."""
         jobs = []
         for spec in self._finished_rows():
-            if spec.key not in self.evaluated and spec.key not in self.handed:
-                params = self.params_of(spec)
-                if params is not None:
-                    jobs.append(Job("eval:" + spec.key, evaluate_lengths, (spec, params, self.configs,
-                                                                           self.data_dir, self.limit)))
-        self.handed.update(j.key[5:] for j in jobs)
+            missing = [c for c in self._missing(spec) if eval_key(spec, c) not in self.handed]
+            params = self.params_of(spec) if missing else None
+            if params is not None:
+                jobs += [Job(eval_key(spec, c), evaluate_lengths, (spec, params, [c], self.data_dir, self.limit))
+                         for c in missing]
+        self.handed.update(j.key for j in jobs)
         return jobs
 
     def finished(self, job: Job, outcome: Any) -> None:
         """Records a finished evaluation."""
-        if job.key.startswith("eval:") and job.key[5:] in self.handed:
-            self.evaluated.add(job.key[5:])
+        if job.key in self.handed:
+            self.evaluated.setdefault(job.args[0].key, set()).update(outcome)
 
     @property
     def done(self) -> bool:
-        """The source's runs all done, and every model of its row evaluated."""
-        return self.source.done and all(s.key in self.evaluated for s in self.source.row_specs())
+        """The source's runs all done, and every model of its row evaluated on every config."""
+        return self.source.done and not any(self._missing(s) for s in self.source.row_specs())
 
     def finished_count(self) -> int:
-        """How many evaluations are done."""
-        return len({s.key for s in self.source.row_specs()} & self.evaluated)
+        """How many evaluations (model, config) are done."""
+        return sum(len(self.configs) - len(self._missing(s)) for s in self.source.row_specs())
 
 
 class Driver:
@@ -339,7 +349,10 @@ class Driver:
         """Writes what ``finished`` produced."""
         job = finished.job
         if job.key.startswith("eval:"):
-            reporting.write_json(self.study.path("lengthgen", f"{job.key[5:]}.json"), finished.outcome)
+            # One config of one model: added to the model's record of its evaluations.
+            path = self.study.path("lengthgen", f"{job.args[0].key}.json")
+            record = json.loads(path.read_text()) if path.is_file() else {}
+            reporting.write_json(path, {**record, **finished.outcome})
             return
         spec: RunSpec = job.args[0]
         result, params = finished.outcome
@@ -380,7 +393,7 @@ def run_grid(args: argparse.Namespace) -> int:
             for config in grid.lengthgen_configs(level):
                 ensure_built(splits.SplitSpec.parse(config), args.data_dir)
         driver = Driver(study, keep_params=any(grid.lengthgen_configs(lv) for _, lv in pairs))
-        evaluated = {p.stem for p in study.path("lengthgen").glob("*.json")}
+        evaluated = {p.stem: set(json.loads(p.read_text())) for p in study.path("lengthgen").glob("*.json")}
         plans = [grid.plan(c, lv, done, args.data_dir) for c, lv in pairs]
         if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
             study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
