@@ -130,3 +130,21 @@ def test_pascanus_experiment_end_to_end(tmp_path, ray_cluster, capsys, monkeypat
     assert f"| 0 | not in 40 | {wrong} wrong |" in printed
     assert (folder / "lengthgen.png").stat().st_size > 0
     assert f"trained on {lengthgen.PASCANU_LEVEL}-train2000" in (folder / "lengthgen.md").read_text()
+
+
+def test_with_one_learning_rate_each_model_is_evaluated_as_its_run_finishes(tmp_path):
+    # Pascanu's study has one rate: its seeds' evaluations at length need not wait for the last seed's run
+    # (they did: a solved seed waited hours for its evaluation behind the others' 10,000,000-sequence runs).
+    from pipelines.engine.solving import RunResult
+
+    args = lengthgen.parser().parse_args(["--pascanu", "--out", os.fspath(tmp_path)])
+    args.budget, args.check_every = 1000, 100
+    grid = grid_lib.Grid(lengthgen.pascanu_args(args))
+    seed0 = grid.spec("pascanu_rnn", lengthgen.PASCANU_LEVEL, 0.01, 0)
+    done = {seed0.key: RunResult("pascanu_rnn", lengthgen.PASCANU_LEVEL, 0, True, 400, 400, 1.0, 0, 1.0, [(400, 1.0)],
+                                 lr=0.01)}
+    plan = grid.plan("pascanu_rnn", lengthgen.PASCANU_LEVEL, done, None)
+    evals = grid_lib.LengthPlan(plan, grid.lengthgen_configs(lengthgen.PASCANU_LEVEL), {}, lambda spec: {}, None)
+    jobs = evals.ready()
+    assert {j.args[0].key for j in jobs} == {seed0.key}
+    assert len(jobs) == len(lengthgen.PASCANU_LENGTHS) and not evals.done

@@ -251,6 +251,8 @@ class CellPlan:
 
     def specs(self) -> list[RunSpec]:
         """The runs known so far: stage 1, and stage 2 once the rate is chosen."""
+        if self.lr is None and len(self.grid.lrs(self.cell)) == 1:
+            self.lr = self.grid.lrs(self.cell)[0]  # nothing to choose: its models are the row's as they finish
         if self.lr is None and all(s.key in self.results for s in self.stage1):
             self.lr = leaderboard.select([self.results[s.key] for s in self.stage1])[(self.cell, self.level)].lr
         return self.stage1 + (self.grid.chosen_specs(self.cell, self.level, self.lr) if self.lr is not None else [])
