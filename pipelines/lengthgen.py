@@ -110,15 +110,16 @@ def pascanu_folder(out: Path, train_size: int | None, buckets: int = 1) -> Path:
 def pascanu_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings of Pascanu et al.'s experiment, as a grid of one family at one learning rate."""
     seeds = args.seeds or PASCANU_SEEDS
+    buckets = args.pascanu_buckets or 1  # their code: one length per minibatch
     return argparse.Namespace(
         cells=["pascanu_rnn"], levels=[pascanu_level(args.pascanu_train)], seeds=list(seeds),
         lr_seeds=len(seeds), lrs=[0.01],
         protocol="grid", budget=args.budget, check_every=args.check_every, clip_norm=1.0, hidden=None, batch_size=20,
-        grad_threads=1, optimizer="sgd", bucket_width=args.pascanu_buckets or 1, initial_state="zero", noise_std=1.0, omega=4.0,
+        grad_threads=1, optimizer="sgd", bucket_width=buckets, initial_state="zero", noise_std=1.0, omega=4.0,
         workers=args.workers, address=args.address, lengthgen_level=None, lengthgen_lengths=[],
         solved_error=PASCANU_SOLVED_ERROR,
         eval_configs=[pascanu_config(n) for n in PASCANU_LENGTHS], eval_limit=10_000, data_dir=args.data_dir,
-        out=os.fspath(pascanu_folder(Path(args.out), args.pascanu_train, args.pascanu_buckets or 1)), configs=8, search_seeds=[100, 101],
+        out=os.fspath(pascanu_folder(Path(args.out), args.pascanu_train, buckets)), configs=8, search_seeds=[100, 101],
         wave=2,
         families={"pascanu_rnn": Family("pascanu_rnn", 50, (0.01,), "basic tanh: every weight N(0, 0.1^2)")})
 
@@ -256,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.pascanu:
             args.budget = args.budget or 10_000_000
             args.check_every = args.check_every or 20_000
-            args.pascanu_buckets = args.pascanu_buckets or 1
+            study = pascanu_args(args)
             if not args.replot:
-                run_grid(pascanu_args(args))
-            print(pascanu_table(pascanu_folder(out, args.pascanu_train, args.pascanu_buckets)))
+                run_grid(study)
+            print(pascanu_table(Path(study.out)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         if not args.replot:
