@@ -49,6 +49,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--search-seeds", nargs="+", type=int, default=[100, 101],
                    help="tuned: the seeds each configuration of the search runs on (default 100 101)")
     p.add_argument("--wave", type=int, default=2, help="tuned: configurations proposed at once (default 2)")
+    p.add_argument("--confirm", type=int, default=2,
+                   help="tuned: how many of the search's best configurations (those that solved a run) run on "
+                        "--confirm-seeds too before one is chosen; 0: choose on the search seeds alone (default 2)")
+    p.add_argument("--confirm-seeds", nargs="+", type=int, default=[102, 103],
+                   help="tuned: the confirmation's seeds (default 102 103)")
     p.add_argument("--lr-seeds", type=int, default=1,
                    help="grid: how many of the first --seeds try every learning rate (the others run at the chosen "
                         "one)")
@@ -114,6 +119,13 @@ def _validate(args: argparse.Namespace) -> None:
                                      or len(set(args.search_seeds)) != len(args.search_seeds)):
         raise ValueError(f"--search-seeds must be distinct and apart from --seeds (the final seeds run after the "
                          f"search chose on the others), got {args.search_seeds} and {args.seeds}")
+    if args.protocol == "tuned" and ((set(args.confirm_seeds) & (set(args.search_seeds) | set(args.seeds)))
+                                     or len(set(args.confirm_seeds)) != len(args.confirm_seeds)):
+        raise ValueError(f"--confirm-seeds must be distinct and apart from --search-seeds and --seeds (a "
+                         f"configuration's runs are told apart by their seeds), got {args.confirm_seeds}, "
+                         f"{args.search_seeds} and {args.seeds}")
+    if args.confirm < 0:
+        raise ValueError(f"--confirm must be 0 (no confirmation) or more, got {args.confirm}")
     for cell in args.cells:
         registry.get(cell)  # ValueError naming the valid models
     for i, level in enumerate(args.levels):

@@ -118,6 +118,8 @@ CASES = [
     ("experiment", ["--protocol", "grid", "--lrs", "nan"], 2, "--lrs must be positive numbers, got nan"),
     ("experiment", ["--lrs", "1e-3"], 2, "--lrs and --lr-seeds belong to --protocol grid"),
     ("experiment", ["--protocol", "bayes"], 2, "invalid choice: 'bayes'"),
+    ("experiment", ["--confirm-seeds", "100", "104"], 2, "--confirm-seeds must be distinct and apart from"),
+    ("experiment", ["--confirm", "-1"], 2, "--confirm must be 0 (no confirmation) or more, got -1"),
     ("experiment", ["--lengthgen-lengths", "50"], 2, "hard-len50"),
     ("experiment", ["--budget", "0"], 2, "--budget must be positive, got 0"),
     ("experiment", ["--check-every", "-5"], 2, "--check-every must be positive, got -5"),

@@ -174,8 +174,10 @@ def test_the_default_grid_has_every_family_on_every_level():
     grid = grid_lib.Grid(args)
     every = {(c, lv) for c in grid_lib.FAMILIES for lv in grid_lib.TUNED_BUDGETS}
     assert set(grid.pairs()) == every and len(every) == 10 * 6 and args.protocol == "tuned"
-    # 8 configurations on 2 seeds, then 5 final seeds; and each final model on hard evaluated at each length.
-    assert grid.total() == (8 * 2 + 5) * len(every) + 5 * len(grid_lib.FAMILIES) * len(grid_lib.LENGTHGEN_LENGTHS)
+    # 8 configurations on 2 seeds, the 2 best on 2 more, then 5 final seeds; and each final model on hard
+    # evaluated at each length.
+    assert grid.total() == ((8 * 2 + 2 * 2 + 5) * len(every)
+                            + 5 * len(grid_lib.FAMILIES) * len(grid_lib.LENGTHGEN_LENGTHS))
     # One budget per level for every family: at least 100,000 on hard and exp6b.
     assert {grid.spec(c, lv, 1e-3, 0).budget for c, lv in every if lv == "hard"} == {grid_lib.TUNED_BUDGETS["hard"]}
     assert min(grid_lib.TUNED_BUDGETS["hard"], grid_lib.TUNED_BUDGETS["exp6b"]) >= 100_000

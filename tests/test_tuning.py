@@ -45,7 +45,86 @@ def test_the_median_and_its_bootstrap_interval_count_an_unsolved_run_as_beyond_t
     assert text == "3/5, 6,000 [4,000-> 10,000], budget 10,000"
 
 
-TINY = ["--cells", "lstm", "--levels", "easy", "--configs", "4", "--seeds", "0", "1", "--budget", "1600",
+def _simulate(plan: tuning.TunedPlan, outcome) -> list[str]:
+    """Runs ``plan`` to its end without training: ``outcome(spec)`` gives (solved_at or None, val); the keys
+    handed out, in order."""
+    from pipelines.engine.solving import RunResult as Result
+    handed = []
+    while not plan.done:
+        jobs = plan.ready()
+        assert jobs, "the plan stalled"
+        for job in jobs:
+            spec = job.args[0]
+            solved_at, val = outcome(spec)
+            handed.append(job.key)
+            plan.finished(job, (Result(spec.cell, spec.level, spec.seed, solved_at is not None, solved_at,
+                                       solved_at or spec.budget, val, 0, 0.0, [(spec.budget, val)],
+                                       validation_accuracy=val, lr=spec.lr, role=spec.role, budget=spec.budget),
+                                None))
+    return handed
+
+
+def _plan(done, **kw):
+    from pipelines.engine.solving import RunSpec
+    return tuning.TunedPlan(RunSpec("lstm", "hard", 0, budget=10_000, check_every=1_000), tuning.SearchSpace(),
+                            done, configs=4, **kw)
+
+
+def _fragile_then_steady(spec):
+    """t00 solves fast on the search seeds but not on the confirmation's; t01 solves every seed, slower."""
+    if spec.role == "t00":
+        return (1_000, 1.0) if spec.seed in (100, 101) else (None, 0.5)
+    if spec.role == "t01":
+        return 3_000, 1.0
+    if spec.role == "final":
+        return 2_000, 1.0
+    return None, 0.3
+
+
+def test_the_confirmation_chooses_the_configuration_that_solves_on_more_seeds_over_a_lucky_one():
+    plan = _plan({})
+    handed = _simulate(plan, _fragile_then_steady)
+    lrs = {int(t[1:]): cfg["lr"] for t, cfg in ((f"t{i:02d}", c) for i, (_, c) in enumerate(plan.trials))}
+    assert plan.candidates == [0, 1]  # the 2 best, both solving
+    assert plan.best["lr"] == lrs[1]
+    confirm = [k for k in handed if k.endswith(("seed102", "seed103"))]
+    assert sorted(confirm) == sorted(f"lstm-hard-t0{i}-seed{s}" for i in (0, 1) for s in (102, 103))
+    # The confirmation runs after the whole search and before any final seed.
+    assert max(handed.index(k) for k in handed if "-t0" in k and not k.endswith(("102", "103"))) \
+        < min(handed.index(k) for k in confirm) < min(handed.index(k) for k in handed if "-final-" in k)
+    assert plan.finished_count() == plan.total() == 4 * 2 + 2 * 2 + 5
+    # Without it, the lucky configuration is chosen (version 2's first levels).
+    unconfirmed = _plan({}, confirm=0)
+    _simulate(unconfirmed, _fragile_then_steady)
+    assert unconfirmed.best["lr"] == lrs[0] and unconfirmed.candidates == []
+
+
+def test_with_fewer_than_two_solving_configurations_nothing_is_confirmed():
+    plan = _plan({})
+    handed = _simulate(plan, lambda spec: (2_000, 1.0) if spec.role in ("t02", "final") else (None, 0.4))
+    assert plan.candidates == [] and not any(k.endswith(("seed102", "seed103")) for k in handed)
+    assert plan.best["lr"] == plan.trials[2][1]["lr"]
+    assert plan.finished_count() == plan.total()  # the confirmation not needed counts as done
+
+
+def test_final_runs_saved_at_a_configuration_no_longer_chosen_are_set_aside_and_redone():
+    first = _plan({}, confirm=0)
+    _simulate(first, _fragile_then_steady)
+    done = dict(first.results)  # a study saved before the confirmation: its finals ran t00's configuration
+    stale_lr = first.best["lr"]
+    aside = []
+    plan = _plan(done, on_superseded=aside.extend)
+    handed = _simulate(plan, _fragile_then_steady)
+    assert sorted(s.key for s in aside) == sorted(f"lstm-hard-final-seed{i}" for i in range(5))
+    assert {s.lr for s in aside} == {stale_lr} != {plan.best["lr"]}
+    assert sorted(k for k in handed if "-final-" in k) == sorted(s.key for s in aside)  # redone at the new choice
+    assert {plan.results[s.key].lr for s in aside} == {plan.best["lr"]}
+    # With nobody to hand them to, the plan refuses rather than drop saved runs.
+    with pytest.raises(tuning.StudyError, match="another configuration"):
+        _simulate(_plan(dict(first.results)), _fragile_then_steady)
+
+
+TINY = ["--cells", "lstm", "--levels", "easy", "--configs", "4", "--confirm", "0", "--seeds", "0", "1", "--budget", "1600",
         "--check-every", "320", "--lengthgen-lengths"]
 
 
@@ -89,3 +168,40 @@ def test_bad_protocol_flags_are_refused(capsys, tmp_path):
     assert experiment.main(["--configs", "0", "--out", out]) == 2
     assert "--configs must be positive" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_setting_runs_aside_moves_the_record_model_events_and_evaluations_and_keeps_them(tmp_path):
+    from pipelines.engine.solving import RunSpec
+    from pipelines.engine.study import Study
+    spec = RunSpec("lstm", "hard", 0, budget=10_000, check_every=1_000, lr=0.02, role="final")
+    with Study(tmp_path, grid_lib.KIND) as study:
+        files = {"runs": f"{spec.key}.json", "models": f"{spec.key}.npz", "lengthgen": f"{spec.key}.json"}
+        for folder, name in files.items():
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / name).write_text(folder)
+        (tmp_path / "events" / spec.key).mkdir(parents=True)
+        (tmp_path / "events" / spec.key / "e").write_text("events")
+        other = tmp_path / "runs" / "lstm-hard-final-seed1.json"
+        other.write_text("{}")
+        evaluated = {spec.key: {"hard-len200"}, "lstm-hard-final-seed1": {"hard-len200"}}
+        driver = grid_lib.Driver(study, keep_params=True, evaluated=evaluated)
+        driver.set_aside([spec])
+        aside = tmp_path / "superseded" / "lr0.02"
+        for folder, name in files.items():
+            assert not (tmp_path / folder / name).exists() and (aside / folder / name).read_text() == folder
+        assert (aside / "events" / spec.key / "e").read_text() == "events"
+        assert other.exists() and evaluated == {"lstm-hard-final-seed1": {"hard-len200"}}
+        # A second run of the same key at that rate is never written over the first one set aside.
+        (tmp_path / "runs" / f"{spec.key}.json").write_text("again")
+        with pytest.raises(grid_lib.StudyError, match="exists already"):
+            driver.set_aside([spec])
+        assert (tmp_path / "runs" / f"{spec.key}.json").read_text() == "again"
+
+
+def test_the_confirmation_keeps_the_search_choice_between_two_configurations_that_always_solve():
+    # Both solve every seed; t01 is faster on the confirmation seeds: the search's choice (t00) stands.
+    plan = _plan({})
+    _simulate(plan, lambda spec: {"t00": (1_000 if spec.seed in (100, 101) else 5_000, 1.0),
+                                  "t01": (2_000 if spec.seed in (100, 101) else 1_000, 1.0)}.get(
+                                      spec.role, (2_000, 1.0) if spec.role == "final" else (None, 0.3)))
+    assert plan.candidates == [0, 1] and plan.best["lr"] == plan.trials[0][1]["lr"]

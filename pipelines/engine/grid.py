@@ -188,19 +188,23 @@ class Grid:
         seeds, out = self.args.seeds, 0
         for cell, level in self.pairs():
             if self.args.protocol == "tuned":
-                out += self.args.configs * len(self.args.search_seeds) + len(seeds)
+                out += (self.args.configs * len(self.args.search_seeds)
+                        + getattr(self.args, "confirm", 0) * len(getattr(self.args, "confirm_seeds", ())) + len(seeds))
             else:
                 out += len(self.lrs(cell)) * len(seeds[:self.args.lr_seeds]) + len(seeds[self.args.lr_seeds:])
             out += len(seeds) * len(self.lengthgen_configs(level))
         return out
 
-    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir):
-        """The plan of (``cell``, ``level``) under the protocol: a learning-rate grid or a tuned search."""
+    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir, on_superseded=None):
+        """The plan of (``cell``, ``level``) under the protocol: a learning-rate grid or a tuned search
+        (``on_superseded`` receives its final runs saved at a configuration it no longer chooses)."""
         if self.args.protocol == "grid":
             return CellPlan(self, cell, level, done, data_dir)
         return TunedPlan(self.spec(cell, level, self.family(cell).lrs[0], 0), self.family(cell).space, done,
                          configs=self.args.configs, wave=self.args.wave, search_seeds=self.args.search_seeds,
-                         final_seeds=self.args.seeds, data_dir=data_dir)
+                         final_seeds=self.args.seeds, confirm=getattr(self.args, "confirm", 0),
+                         confirm_seeds=getattr(self.args, "confirm_seeds", ()), data_dir=data_dir,
+                         on_superseded=on_superseded)
 
     def lengthgen_configs(self, level: str) -> list[str]:
         """The configs the models trained on ``level`` are evaluated on: the lengthgen level's suite at the
@@ -297,7 +301,7 @@ class LengthPlan:
                  limit: int = LENGTHGEN_LIMIT):
         self.source, self.configs, self.params_of, self.data_dir = source, configs, params_of, data_dir
         self.limit = limit
-        self.evaluated = {key: set(done) for key, done in evaluated.items()}  # run key -> configs evaluated
+        self.evaluated = evaluated  # run key -> configs evaluated; shared with the Driver, which sets runs aside
         self.handed: set[str] = set()
 
     def _finished_rows(self) -> list[RunSpec]:
@@ -336,8 +340,21 @@ class LengthPlan:
 class Driver:
     """The grid's writer: each finished run's record, model and events, each evaluation's record, as they come."""
 
-    def __init__(self, study: Study, keep_params: bool):
+    def __init__(self, study: Study, keep_params: bool, evaluated: dict[str, set[str]] | None = None):
         self.study, self.keep_params = study, keep_params
+        self.evaluated = {} if evaluated is None else evaluated  # run key -> configs evaluated (LengthPlans share it)
+
+    def set_aside(self, specs: list[RunSpec]) -> None:
+        """Moves the saved runs of ``specs`` (final runs of a configuration no longer chosen), with their models,
+        events and evaluations at length, into superseded/lr<lr>/ of the study: kept, out of the table."""
+        for spec in specs:
+            moved = self.study.set_aside([("runs", f"{spec.key}.json"), ("models", f"{spec.key}.npz"),
+                                          ("events", spec.key), ("lengthgen", f"{spec.key}.json")],
+                                         f"lr{spec.lr:g}")
+            self.evaluated.pop(spec.key, None)
+            if moved:
+                print(f"{spec.key}: saved at lr {spec.lr:g}, which the search no longer chooses; set aside in "
+                      f"{self.study.path('superseded', f'lr{spec.lr:g}')}", flush=True)
 
     def params_of(self, spec: RunSpec):
         """The saved parameters of a finished run (None if its model was not kept)."""
@@ -394,9 +411,9 @@ def run_grid(args: argparse.Namespace) -> int:
             ensure_built(splits.SplitSpec.parse(level), args.data_dir)  # once, before the workers share it
             for config in grid.lengthgen_configs(level):
                 ensure_built(splits.SplitSpec.parse(config), args.data_dir)
-        driver = Driver(study, keep_params=any(grid.lengthgen_configs(lv) for _, lv in pairs))
         evaluated = {p.stem: set(json.loads(p.read_text())) for p in study.path("lengthgen").glob("*.json")}
-        plans = [grid.plan(c, lv, done, args.data_dir) for c, lv in pairs]
+        driver = Driver(study, keep_params=any(grid.lengthgen_configs(lv) for _, lv in pairs), evaluated=evaluated)
+        plans = [grid.plan(c, lv, done, args.data_dir, driver.set_aside) for c, lv in pairs]
         if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
             study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
         # A model's evaluation at length goes before its pair's next runs: results arrive as early as they can.

@@ -128,6 +128,24 @@ class Study:
             raise RuntimeError("a study saves runs only while it is open (with Study(...) as study)")
         reporting.write_json(self.out / RUNS / f"{key}.json", record)
 
+    def set_aside(self, entries: list[tuple[str, str]], label: str) -> bool:
+        """Moves each (folder, name) of the study that exists into superseded/``label``/folder/name; whether any
+        did. A run's record moves last, so that an interrupted move leaves it where a rerun finds it again."""
+        if self._lock is None:
+            raise RuntimeError("a study sets runs aside only while it is open (with Study(...) as study)")
+        moved = False
+        for folder, name in sorted(entries, key=lambda e: e[0] == RUNS):
+            source = self.out / folder / name
+            if not source.exists():
+                continue
+            target = self.out / "superseded" / label / folder / name
+            if target.exists():
+                raise StudyError(f"cannot set {source} aside: {target} exists already; move one of them away")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            moved = True
+        return moved
+
     def path(self, *parts: str) -> Path:
         """A path inside the study's folder."""
         return self.out.joinpath(*parts)

@@ -16,8 +16,17 @@ warm-up are nuisance parameters that each (family, level) gets tuned on its own 
    that check (a finished run keeps its last accuracy after it ends), the median stopping rule of Golovin et
    al. 2017, which is Optuna's ``MedianPruner``. The thresholds travel with the run (``RunSpec.prune_below``),
    so the decision needs no round trip to the command and repeats exactly.
-3. **The seeds.** The best configuration's ``final_seeds`` (5 by default) run to the stop rule or the budget,
-   never pruned. The table reports those.
+3. **Confirmation.** Two seeds cannot tell a configuration that solves every time from one that solves two
+   times in five (version 2's first levels chose such edges: Mamba on ``moderate``, lr 0.014, solved 2 of its 5
+   final seeds where the search's next-best solved all). So the ``confirm`` best configurations by the search's
+   score that solved at least one run each run on the ``confirm_seeds`` too (2 more, pruned like the search's
+   last wave); the one with the fewest unsolved runs over all of its seeds is chosen, ties going to the
+   search's order (confirmation checks that a configuration solves reliably; it does not re-rank by speed, so
+   configurations that both always solve keep the search's choice). With fewer than 2 such configurations
+   there is nothing to confirm, and the search's best is chosen.
+4. **The seeds.** The chosen configuration's ``final_seeds`` (5 by default) run to the stop rule or the budget,
+   never pruned. The table reports those. Final runs saved for another configuration (chosen before the
+   confirmation existed) are set aside, not overwritten (``on_superseded``).
 
 Every run is saved as it ends; a rerun replays the search from the saved runs (the same sampler seed and the
 same scores give the same proposals) and goes on where it stopped.
@@ -99,7 +108,9 @@ class TunedPlan:
 
     def __init__(self, base: RunSpec, space: SearchSpace, done: dict[str, RunResult], *, configs: int = 8,
                  wave: int = 2, search_seeds: Sequence[int] = (100, 101), final_seeds: Sequence[int] = (0, 1, 2, 3, 4),
-                 data_dir=None, on_chosen: Callable[[TunedPlan], None] | None = None):
+                 confirm: int = 2, confirm_seeds: Sequence[int] = (102, 103), data_dir=None,
+                 on_chosen: Callable[[TunedPlan], None] | None = None,
+                 on_superseded: Callable[[list[RunSpec]], None] | None = None):
         import warnings
 
         import optuna
@@ -109,6 +120,7 @@ class TunedPlan:
         self.base, self.space, self.results, self.data_dir = base, space, done, data_dir  # results: shared
         self.configs, self.wave = configs, wave
         self.search_seeds, self.final_seeds = tuple(search_seeds), tuple(final_seeds)
+        self.confirm, self.confirm_seeds = confirm, tuple(confirm_seeds)
         sampler = optuna.samplers.TPESampler(seed=_sampler_seed(base.cell, base.level, base.recipe),
                                              n_startup_trials=min(4, configs), multivariate=True)
         self.study = optuna.create_study(direction="minimize", sampler=sampler)
@@ -116,7 +128,8 @@ class TunedPlan:
         self.scores: dict[int, float] = {}
         self.handed: set[str] = set()
         self.best: dict | None = None
-        self.on_chosen = on_chosen
+        self.candidates: list[int] | None = None  # the configurations confirmed (None before the search ends)
+        self.on_chosen, self.on_superseded = on_chosen, on_superseded
         self._advance()
 
     # ------------------------------------------------------------------------------------------ runs
@@ -141,13 +154,23 @@ class TunedPlan:
         # The keys of a configuration's runs do not depend on their thresholds.
         return [self.spec(self.trials[index][1], seed, f"t{index:02d}") for seed in self.search_seeds]
 
+    def _confirm_specs(self, index: int) -> list[RunSpec]:
+        # Pruned against every search run: all have finished before any confirmation starts.
+        finished = [self.results[s.key] for i in range(len(self.trials)) for s in self._search_specs_plain(i)]
+        thresholds = prune_thresholds(finished, self._checks(), self.base.budget, self.base.check_every)
+        return [self.spec(self.trials[index][1], seed, f"t{index:02d}", thresholds) for seed in self.confirm_seeds]
+
+    def _confirm_specs_plain(self, index: int) -> list[RunSpec]:
+        return [self.spec(self.trials[index][1], seed, f"t{index:02d}") for seed in self.confirm_seeds]
+
     def final_specs(self) -> list[RunSpec]:
         """The chosen configuration's final seeds (none before the search ends)."""
         return [] if self.best is None else [self.spec(self.best, seed, "final") for seed in self.final_seeds]
 
     def known_specs(self) -> list[RunSpec]:
         """Every run proposed so far: the search's, then the final seeds'."""
-        return [s for i in range(len(self.trials)) for s in self._search_specs(i)] + self.final_specs()
+        return ([s for i in range(len(self.trials)) for s in self._search_specs(i)]
+                + [s for i in self.candidates or () for s in self._confirm_specs(i)] + self.final_specs())
 
     def row_specs(self) -> list[RunSpec]:
         """The runs of the table's row: the final seeds."""
@@ -170,13 +193,51 @@ class TunedPlan:
                 self.study.tell(self.trials[i][0], self.scores[i])
             if len(self.trials) >= self.configs:
                 if self.best is None:
-                    self.best = self.trials[min(self.scores, key=lambda i: (self.scores[i], i))][1]
-                    if self.on_chosen:
-                        self.on_chosen(self)
+                    self._choose()
                 return
             for _ in range(min(self.wave, self.configs - len(self.trials))):
                 trial = self.study.ask()
                 self.trials.append((trial, self.space.suggest(trial)))
+
+    def _runs(self, index: int) -> list[RunResult | None]:
+        """A configuration's runs: the search's seeds, then its confirmation's where it is confirmed."""
+        specs = self._search_specs_plain(index) + (self._confirm_specs_plain(index) if index in (self.candidates or ())
+                                                   else [])
+        return [self.results.get(s.key) for s in specs]
+
+    def _choose(self) -> None:
+        """Confirms the best configurations on more seeds, then chooses (once every run it needs is in)."""
+        if self.candidates is None:
+            ranked = sorted(self.scores, key=lambda i: (self.scores[i], i))
+            solving = [i for i in ranked[:self.confirm] if any(r.solved for r in self._runs(i))]
+            self.candidates = solving if len(solving) >= 2 and self.confirm_seeds else []
+        if not self.candidates:
+            chosen = min(self.scores, key=lambda i: (self.scores[i], i))
+        else:
+            runs = {i: self._runs(i) for i in self.candidates}
+            if any(r is None for rs in runs.values() for r in rs):
+                return  # the confirmation in flight is not finished
+            for i, rs in runs.items():
+                self._check_saved(i, rs)
+            chosen = min(runs, key=lambda i: (sum(not r.solved for r in runs[i]), self.scores[i], i))
+        self.best = self.trials[chosen][1]
+        self._set_aside_stale_finals()
+        if self.on_chosen:
+            self.on_chosen(self)
+
+    def _set_aside_stale_finals(self) -> None:
+        """Final runs saved at another configuration than the one chosen leave the results (see the module)."""
+        stale = [s for s in self.final_specs() if s.key in self.results and self.results[s.key].lr is not None
+                 and not math.isclose(self.results[s.key].lr, self.best["lr"], rel_tol=1e-9)]
+        if not stale:
+            return
+        if self.on_superseded is None:
+            raise StudyError(f"final runs of {self.base.cell} on {self.base.level} were saved at another configuration "
+                             f"(lr {self.results[stale[0].key].lr:g}) than the search now chooses "
+                             f"(lr {self.best['lr']:g}); move them away or choose another --out")
+        self.on_superseded([dataclasses.replace(s, lr=self.results[s.key].lr) for s in stale])
+        for s in stale:
+            del self.results[s.key]
 
     def _check_saved(self, index: int, runs: list[RunResult]) -> None:
         config = self.trials[index][1]
@@ -210,11 +271,14 @@ class TunedPlan:
         return self.best is not None and all(s.key in self.results for s in self.final_specs())
 
     def total(self) -> int:
-        """How many runs the plan holds: the search's and the final seeds'."""
-        return self.configs * len(self.search_seeds) + len(self.final_seeds)
+        """How many runs the plan holds: the search's, its confirmation's and the final seeds'."""
+        return (self.configs * len(self.search_seeds) + self.confirm * len(self.confirm_seeds)
+                + len(self.final_seeds))
 
     def finished_count(self) -> int:
-        """How many of them are done."""
+        """How many of them are done (a confirmation not needed counts as done once that is known)."""
         keys = {s.key for i in range(len(self.trials)) for s in self._search_specs_plain(i)}
+        keys |= {s.key for i in self.candidates or () for s in self._confirm_specs_plain(i)}
         keys |= {s.key for s in self.final_specs()}
-        return len(keys & self.results.keys())
+        skipped = 0 if self.candidates is None else (self.confirm - len(self.candidates)) * len(self.confirm_seeds)
+        return len(keys & self.results.keys()) + skipped
