@@ -145,6 +145,7 @@ def test_replot_rewrites_table_and_plots_without_training(tmp_path, capsys):
     assert "| 1997 LSTM (paper, mean) | 156 / 308 |  | 31,390 |" in table
     headline = (tmp_path / "headline.md").read_text()
     assert "| lstm | 100 | 8 | 3/3, 4,001, 0.995 |" in headline and "| rnn | 100 | 8 | 0/3, -, 0.250 |" in headline
+    assert "| all | 6 |" in (tmp_path / "time.md").read_text()  # the worker-hours the runs took
     for name in ("sequences_to_solve.png", "learning_curves.png", "results.csv"):
         assert (tmp_path / name).stat().st_size > 0
     assert experiment.main(["--replot", os.fspath(tmp_path / "missing")]) == 1

@@ -205,3 +205,13 @@ def test_the_confirmation_keeps_the_search_choice_between_two_configurations_tha
                                   "t01": (2_000 if spec.seed in (100, 101) else 1_000, 1.0)}.get(
                                       spec.role, (2_000, 1.0) if spec.role == "final" else (None, 0.3)))
     assert plan.candidates == [0, 1] and plan.best["lr"] == plan.trials[0][1]["lr"]
+
+
+def test_the_time_table_sums_each_levels_run_time_by_role():
+    from dataclasses import replace
+    runs = [replace(result(1000, seed=s, role=role), level=level, wall_time_s=t)
+            for s, role, level, t in [(100, "t00", "hard", 1800.0), (0, "final", "hard", 3600.0),
+                                      (100, "t00", "easy", 360.0), (1, "final", "easy", 36.0)]]
+    lines = leaderboard.time_table(runs).splitlines()
+    assert lines[2:] == ["| easy | 2 | 0.10 | 0.01 | 0.11 |", "| hard | 2 | 0.50 | 1.00 | 1.50 |",
+                         "| all | 4 | 0.60 | 1.01 | 1.61 |"]

@@ -262,9 +262,29 @@ def plot(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs:
         reporting.save_figure(fig, out / "lengthgen.png")
 
 
+def time_table(results: list[RunResult]) -> str:
+    """Per level, the runs and the worker-hours they took (each run's own wall time, summed), search and final."""
+    levels = [lv for lv in task.LEVELS if any(r.level == lv for r in results)]
+    levels += sorted({r.level for r in results} - set(levels))
+    lines = ["| level | runs | search and confirmation, worker-h | final seeds, worker-h | all, worker-h |",
+             "|---|---|---|---|---|"]
+
+    def hours(runs: list[RunResult]) -> float:
+        return sum(r.wall_time_s for r in runs) / 3600
+
+    for level in [*levels, None]:
+        runs = [r for r in results if level is None or r.level == level]
+        final = [r for r in runs if r.role in ("final", "")]
+        search = [r for r in runs if r.role not in ("final", "")]
+        lines.append(f"| {level or 'all'} | {len(runs):,} | {hours(search):.2f} | {hours(final):.2f} | "
+                     f"{hours(runs):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs: Sequence[float] | None = None,
           lengthgen: dict[str, dict[str, list[float]]] | None = None, trained_on: str = "") -> str:
-    """results.json, results.csv, results.md (and lengthgen.md), and the plots, in ``out``; returns the table."""
+    """results.json, results.csv, results.md, time.md (and lengthgen.md), and the plots, in ``out``; returns the
+    table."""
     rows = [dataclasses.asdict(r) for r in results]
     reporting.write_json(out / "results.json", rows)
     buf = io.StringIO()
@@ -276,6 +296,7 @@ def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs
     table = markdown_table(results, families, lrs)
     reporting.write_text(out / "results.md", table)
     reporting.write_text(out / "headline.md", markdown_table(results, families, lrs, compact=True))
+    reporting.write_text(out / "time.md", time_table(results))
     if lengthgen:
         reporting.write_json(out / "lengthgen.json", {"trained_on": trained_on, "accuracy": lengthgen})
         reporting.write_text(out / "lengthgen.md", lengthgen_table(lengthgen, trained_on))
