@@ -168,7 +168,7 @@ class TunedPlan:
         return [] if self.best is None else [self.spec(self.best, seed, "final") for seed in self.final_seeds]
 
     def known_specs(self) -> list[RunSpec]:
-        """Every run proposed so far: the search's, then the final seeds'."""
+        """Every run proposed so far: the search's, its confirmation's, then the final seeds'."""
         return ([s for i in range(len(self.trials)) for s in self._search_specs(i)]
                 + [s for i in self.candidates or () for s in self._confirm_specs(i)] + self.final_specs())
 
