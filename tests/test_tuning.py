@@ -215,3 +215,18 @@ def test_the_time_table_sums_each_levels_run_time_by_role():
     lines = leaderboard.time_table(runs).splitlines()
     assert lines[2:] == ["| easy | 2 | 0.10 | 0.01 | 0.11 |", "| hard | 2 | 0.50 | 1.00 | 1.50 |",
                          "| all | 4 | 0.60 | 1.01 | 1.61 |"]
+
+
+def test_the_budget_check_compares_each_level_budget_with_5x_its_slowest_solved_median():
+    from dataclasses import replace
+
+    def row(cell, level, outcomes, budget):
+        return [replace(result(x, seed=i, trained=budget), cell=cell, level=level) for i, x in enumerate(outcomes)]
+
+    runs = (row("lstm", "hard", [1000, 2000, 3000, 4000, 5000], 100_000)
+            + row("gru", "hard", [30_000, 32_000, 34_000, None, None], 100_000)  # median 34,000: 5x > 100,000
+            + row("rnn", "hard", [None, None, None, None, 50_000], 100_000)  # its median is unsolved: not counted
+            + row("lstm", "easy", [100, 200, 300, 400, 500], 10_000))
+    lines = leaderboard.budget_check(runs).splitlines()
+    assert lines[2:] == ["| easy | 10,000 | 300 (lstm, 5/5 solved) | 1,500 | yes |",
+                         "| hard | 100,000 | 34,000 (gru, 3/5 solved) | 170,000 | no |"]

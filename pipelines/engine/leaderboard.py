@@ -281,10 +281,35 @@ def time_table(results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BUDGET_RULE = 5
+"""Version 2's budget rule: a level's budget is at least this many times the slowest solved median on it."""
+
+
+def budget_check(results: list[RunResult]) -> str:
+    """Per level of a tuned study, its budget against the rule: BUDGET_RULE x the slowest median of the final
+    seeds that solved (a row whose median is unsolved has none), and whether the budget meets it."""
+    selections = {key: sel for key, sel in select(results).items() if sel.runs and sel.runs[0].role == "final"}
+    _, levels = _ordered_keys(selections, ())
+    lines = ["| level | budget | slowest solved median | x" + f"{BUDGET_RULE} | met |", "|---|---|---|---|---|"]
+    for level in levels:
+        rows = [(median_summary(sel.runs)["median"], cell, sum(r.solved for r in sel.runs), len(sel.runs))
+                for (cell, lv), sel in selections.items() if lv == level]
+        budget = max(r.budget or 0 for (_, lv), sel in selections.items() if lv == level for r in sel.runs)
+        solved = [row for row in rows if row[0] is not None]
+        if not solved:
+            lines.append(f"| {level} | {budget:,} | none | - | - |")
+            continue
+        median, cell, k, n = max(solved)
+        need = BUDGET_RULE * median
+        lines.append(f"| {level} | {budget:,} | {median:,.0f} ({cell}, {k}/{n} solved) | {need:,.0f} | "
+                     f"{'yes' if budget >= need else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs: Sequence[float] | None = None,
           lengthgen: dict[str, dict[str, list[float]]] | None = None, trained_on: str = "") -> str:
-    """results.json, results.csv, results.md, time.md (and lengthgen.md), and the plots, in ``out``; returns the
-    table."""
+    """results.json, results.csv, results.md, time.md (and a tuned study's budget.md, a lengthgen.md), and the
+    plots, in ``out``; returns the table."""
     rows = [dataclasses.asdict(r) for r in results]
     reporting.write_json(out / "results.json", rows)
     buf = io.StringIO()
@@ -297,6 +322,8 @@ def write(results: list[RunResult], out: Path, families: Sequence[str] = (), lrs
     reporting.write_text(out / "results.md", table)
     reporting.write_text(out / "headline.md", markdown_table(results, families, lrs, compact=True))
     reporting.write_text(out / "time.md", time_table(results))
+    if any(r.role == "final" for r in results):
+        reporting.write_text(out / "budget.md", budget_check(results))
     if lengthgen:
         reporting.write_json(out / "lengthgen.json", {"trained_on": trained_on, "accuracy": lengthgen})
         reporting.write_text(out / "lengthgen.md", lengthgen_table(lengthgen, trained_on))
