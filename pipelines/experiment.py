@@ -21,7 +21,7 @@ from pathlib import Path
 from pipelines.engine.config import INITIAL_STATES
 from pipelines.engine.errors import guarded
 from pipelines.engine.grid import (BUDGETS, CHECK_EVERY, FAMILIES, LENGTHGEN_LENGTHS, PROTOCOLS, TUNED_BUDGETS,
-                                   TUNED_CHECK_EVERY, Grid, replot, run_grid)
+                                   TUNED_CHECK_EVERY, TUNED_FINAL_BUDGETS, Grid, replot, run_grid)
 from qrsu_data import store, task
 from qrsu_models import registry
 
@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None, help="training sequences per run (default: per level; "
                    "tuned: " + ", ".join(f"{k} {v:,}" for k, v in TUNED_BUDGETS.items()) + "; grid: "
                    + ", ".join(f"{k} {v:,}" for k, v in BUDGETS.items()) + ")")
+    p.add_argument("--final-budget", type=int, default=None,
+                   help="tuned: training sequences per final seed (default: --budget if given, else per level: "
+                        + ", ".join(f"{k} {v:,}" for k, v in TUNED_FINAL_BUDGETS.items())
+                        + ", the search's budget elsewhere)")
     p.add_argument("--check-every", type=int, default=None, help="training sequences between validation checks "
                    "(default: per level; tuned: " + ", ".join(f"{k} {v:,}" for k, v in TUNED_CHECK_EVERY.items())
                    + "; grid: " + ", ".join(f"{k} {v:,}" for k, v in CHECK_EVERY.items()) + ")")
@@ -130,7 +134,7 @@ def _validate(args: argparse.Namespace) -> None:
         registry.get(cell)  # ValueError naming the valid models
     for i, level in enumerate(args.levels):
         args.levels[i] = store.check_config(level)  # ValueError naming the valid configs
-    for name in ("budget", "check_every", "batch_size", "hidden", "workers"):
+    for name in ("budget", "final_budget", "check_every", "batch_size", "hidden", "workers"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -184,6 +184,11 @@ def test_the_default_grid_has_every_family_on_every_level():
     assert min(grid_lib.TUNED_BUDGETS["hard"], grid_lib.TUNED_BUDGETS["exp6b"]) >= 100_000
     # And at least 5x the slowest solved median of any family in version 1, so that "not solved" means it.
     assert all(grid_lib.TUNED_BUDGETS[lv] >= 5 * grid_lib.V1_SLOWEST_SOLVED[lv] for lv in grid_lib.TUNED_BUDGETS)
+    # The final seeds run on where version 2's own slowest solved medians asked for more; never for less.
+    assert {lv: grid.final_budget(lv) for lv in ("normal", "moderate", "hard")} == grid_lib.TUNED_FINAL_BUDGETS
+    assert all(grid.final_budget(lv) >= grid_lib.TUNED_BUDGETS[lv] for lv in grid_lib.TUNED_BUDGETS)
+    final = grid.plan("lstm", "hard", {}, None)
+    assert final.final_budget == 160_000 and final.base.budget == 100_000
 
 
 def test_version_1s_slowest_solved_medians_are_those_of_its_results():

@@ -113,7 +113,7 @@ def test_final_runs_saved_at_a_configuration_no_longer_chosen_are_set_aside_and_
     done = dict(first.results)  # a study saved before the confirmation: its finals ran t00's configuration
     stale_lr = first.best["lr"]
     aside = []
-    plan = _plan(done, on_superseded=aside.extend)
+    plan = _plan(done, on_superseded=lambda specs, label: aside.extend(specs))
     handed = _simulate(plan, _fragile_then_steady)
     assert sorted(s.key for s in aside) == sorted(f"lstm-hard-final-seed{i}" for i in range(5))
     assert {s.lr for s in aside} == {stale_lr} != {plan.best["lr"]}
@@ -230,3 +230,34 @@ def test_the_budget_check_compares_each_level_budget_with_5x_its_slowest_solved_
     lines = leaderboard.budget_check(runs).splitlines()
     assert lines[2:] == ["| easy | 10,000 | 300 (lstm, 5/5 solved) | 1,500 | yes |",
                          "| hard | 100,000 | 34,000 (gru, 3/5 solved) | 170,000 | no |"]
+
+
+def test_a_final_run_that_solved_within_a_smaller_budget_stands_and_an_unsolved_one_runs_on():
+    first = _plan({})
+    _simulate(first, lambda spec: ((2_000, 1.0) if spec.seed in (0, 1, 2) else (None, 0.5)) if spec.role == "final"
+              else _fragile_then_steady(spec))
+    assert first.final_budget == 10_000
+    done, aside = dict(first.results), []
+    plan = _plan(done, final_budget=20_000, on_superseded=lambda specs, label: aside.append((specs, label)))
+    assert [([s.key for s in specs], label) for specs, label in aside] == [
+        (["lstm-hard-final-seed3", "lstm-hard-final-seed4"], "budget10000")]
+    # The solved ones stand as they were run; the unsolved ones run again, to the final budget.
+    known = {s.key: s.budget for s in plan.known_specs() if s.role == "final"}
+    assert known == {**{f"lstm-hard-final-seed{i}": 10_000 for i in (0, 1, 2)},
+                     **{f"lstm-hard-final-seed{i}": 20_000 for i in (3, 4)}}
+    handed = _simulate(plan, lambda spec: (15_000, 1.0))
+    assert sorted(k for k in handed if "-final-" in k) == ["lstm-hard-final-seed3", "lstm-hard-final-seed4"]
+    assert all(plan.results[f"lstm-hard-final-seed{i}"].solved for i in range(5))
+
+
+@pytest.mark.slow
+def test_a_run_that_solves_is_the_same_run_whatever_its_budget(easy_data_dir):
+    # What lets a final run that solved within a smaller budget stand for one with a larger budget.
+    from dataclasses import replace
+
+    from pipelines.engine.solving import RunSpec, run_one
+    spec = RunSpec("lstm", "easy", 0, budget=3_200, check_every=320, lr=2e-2)
+    short, _ = run_one(spec, easy_data_dir)
+    long, _ = run_one(replace(spec, budget=9_600), easy_data_dir)
+    assert short.solved
+    assert replace(short, wall_time_s=0.0, budget=None) == replace(long, wall_time_s=0.0, budget=None)

@@ -86,6 +86,11 @@ TUNED_BUDGETS = {"easy": 10_000, "normal": 30_000, "moderate": 50_000, "hard": 1
                  "exp6b": 150_000}
 """Version 2: training sequences a run may use, per level, the same for every family: at least 5x the slowest
 solved median of any family on the level, and at least 100,000 on hard and exp6b (docs/leaderboard.md)."""
+TUNED_FINAL_BUDGETS = {"normal": 75_000, "moderate": 110_000, "hard": 160_000}
+"""Version 2: the final seeds' budget where it exceeds the search's: 5x the level's slowest solved median among
+version 2's own final seeds at the search's budget (docs/leaderboard2/budget.md: the RNN's 14,080 on normal,
+minGRU's 21,760 on moderate, the 3-block minLSTM's 32,000 on hard), rounded up. The search keeps TUNED_BUDGETS
+(its pruning depends on the budget); the final seeds that solved within it stand, the others run on."""
 TUNED_CHECK_EVERY = {"easy": 320, "normal": 640, "moderate": 1280, "hard": 1600, "nightmare": 3200, "exp6b": 1600}
 """Version 2: training sequences between two validation checks (about 60 checks in a budget)."""
 KIND = "experiment"
@@ -166,6 +171,13 @@ class Grid:
                        solved_error=getattr(self.args, "solved_error", SOLVED_ERROR),
                        train_through=getattr(self.args, "train_through", False))
 
+    def final_budget(self, level: str) -> int:
+        """The tuned protocol's budget for the final seeds on ``level``: --final-budget, else --budget, else
+        TUNED_FINAL_BUDGETS' or the search's."""
+        if getattr(self.args, "final_budget", None):
+            return self.args.final_budget
+        return self.args.budget or TUNED_FINAL_BUDGETS.get(level, TUNED_BUDGETS.get(level, 100_000))
+
     def lrs(self, cell: str) -> tuple[float, ...]:
         """The learning rates tried for ``cell``: --lrs, else its family's grid."""
         return tuple(self.args.lrs) if self.args.lrs else self.family(cell).lrs
@@ -203,7 +215,8 @@ class Grid:
         return TunedPlan(self.spec(cell, level, self.family(cell).lrs[0], 0), self.family(cell).space, done,
                          configs=self.args.configs, wave=self.args.wave, search_seeds=self.args.search_seeds,
                          final_seeds=self.args.seeds, confirm=getattr(self.args, "confirm", 0),
-                         confirm_seeds=getattr(self.args, "confirm_seeds", ()), data_dir=data_dir,
+                         confirm_seeds=getattr(self.args, "confirm_seeds", ()),
+                         final_budget=self.final_budget(level), data_dir=data_dir,
                          on_superseded=on_superseded)
 
     def lengthgen_configs(self, level: str) -> list[str]:
@@ -344,17 +357,19 @@ class Driver:
         self.study, self.keep_params = study, keep_params
         self.evaluated = {} if evaluated is None else evaluated  # run key -> configs evaluated (LengthPlans share it)
 
-    def set_aside(self, specs: list[RunSpec]) -> None:
-        """Moves the saved runs of ``specs`` (final runs of a configuration no longer chosen), with their models,
-        events and evaluations at length, into superseded/lr<lr>/ of the study: kept, out of the table."""
+    def set_aside(self, specs: list[RunSpec], label: str = "") -> None:
+        """Moves the saved runs of ``specs`` (final runs of a configuration no longer chosen, or unsolved within
+        a smaller budget than the final one), with their models, events and evaluations at length, into
+        superseded/``label``/ of the study (default lr<lr>): kept, out of the table, and redone."""
         for spec in specs:
+            label_of = label or f"lr{spec.lr:g}"
             moved = self.study.set_aside([("runs", f"{spec.key}.json"), ("models", f"{spec.key}.npz"),
-                                          ("events", spec.key), ("lengthgen", f"{spec.key}.json")],
-                                         f"lr{spec.lr:g}")
+                                          ("events", spec.key), ("lengthgen", f"{spec.key}.json")], label_of)
             self.evaluated.pop(spec.key, None)
             if moved:
-                print(f"{spec.key}: saved at lr {spec.lr:g}, which the search no longer chooses; set aside in "
-                      f"{self.study.path('superseded', f'lr{spec.lr:g}')}", flush=True)
+                print(f"{spec.key}: set aside in {self.study.path('superseded', label_of)} and redone ("
+                      + ("unsolved within a smaller budget than the final one" if label else
+                         f"saved at lr {spec.lr:g}, which the search no longer chooses") + ")", flush=True)
 
     def params_of(self, spec: RunSpec):
         """The saved parameters of a finished run (None if its model was not kept)."""

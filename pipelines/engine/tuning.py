@@ -25,8 +25,10 @@ warm-up are nuisance parameters that each (family, level) gets tuned on its own 
    configurations that both always solve keep the search's choice). With fewer than 2 such configurations
    there is nothing to confirm, and the search's best is chosen.
 4. **The seeds.** The chosen configuration's ``final_seeds`` (5 by default) run to the stop rule or the budget,
-   never pruned. The table reports those. Final runs saved for another configuration (chosen before the
-   confirmation existed) are set aside, not overwritten (``on_superseded``).
+   never pruned, to the ``final_budget`` (by default the search's; more where the level's slowest solved median
+   asked for it, docs/leaderboard.md). The table reports those. Final runs saved for another configuration
+   (chosen before the confirmation existed), or unsolved within a smaller budget than the final one, are set
+   aside, not overwritten (``on_superseded``), and redone.
 
 Every run is saved as it ends; a rerun replays the search from the saved runs (the same sampler seed and the
 same scores give the same proposals) and goes on where it stopped.
@@ -108,7 +110,8 @@ class TunedPlan:
 
     def __init__(self, base: RunSpec, space: SearchSpace, done: dict[str, RunResult], *, configs: int = 8,
                  wave: int = 2, search_seeds: Sequence[int] = (100, 101), final_seeds: Sequence[int] = (0, 1, 2, 3, 4),
-                 confirm: int = 2, confirm_seeds: Sequence[int] = (102, 103), data_dir=None,
+                 confirm: int = 2, confirm_seeds: Sequence[int] = (102, 103), final_budget: int | None = None,
+                 data_dir=None,
                  on_chosen: Callable[[TunedPlan], None] | None = None,
                  on_superseded: Callable[[list[RunSpec]], None] | None = None):
         import warnings
@@ -121,6 +124,7 @@ class TunedPlan:
         self.configs, self.wave = configs, wave
         self.search_seeds, self.final_seeds = tuple(search_seeds), tuple(final_seeds)
         self.confirm, self.confirm_seeds = confirm, tuple(confirm_seeds)
+        self.final_budget = final_budget or base.budget
         sampler = optuna.samplers.TPESampler(seed=_sampler_seed(base.cell, base.level, base.recipe),
                                              n_startup_trials=min(4, configs), multivariate=True)
         self.study = optuna.create_study(direction="minimize", sampler=sampler)
@@ -165,12 +169,23 @@ class TunedPlan:
 
     def final_specs(self) -> list[RunSpec]:
         """The chosen configuration's final seeds (none before the search ends)."""
-        return [] if self.best is None else [self.spec(self.best, seed, "final") for seed in self.final_seeds]
+        return [] if self.best is None else [dataclasses.replace(self.spec(self.best, seed, "final"),
+                                                                 budget=self.final_budget)
+                                             for seed in self.final_seeds]
+
+    def _as_saved(self, spec: RunSpec) -> RunSpec:
+        # A final run that solved within a smaller budget is the same run as one with the final budget (nothing
+        # in a run but its length depends on its budget; tests/test_tuning.py checks it): it stands as saved.
+        saved = self.results.get(spec.key)
+        if saved is not None and saved.solved and saved.budget is not None and saved.budget < spec.budget:
+            return dataclasses.replace(spec, budget=saved.budget)
+        return spec
 
     def known_specs(self) -> list[RunSpec]:
         """Every run proposed so far: the search's, its confirmation's, then the final seeds'."""
         return ([s for i in range(len(self.trials)) for s in self._search_specs(i)]
-                + [s for i in self.candidates or () for s in self._confirm_specs(i)] + self.final_specs())
+                + [s for i in self.candidates or () for s in self._confirm_specs(i)]
+                + [self._as_saved(s) for s in self.final_specs()])
 
     def row_specs(self) -> list[RunSpec]:
         """The runs of the table's row: the final seeds."""
@@ -222,6 +237,7 @@ class TunedPlan:
             chosen = min(runs, key=lambda i: (sum(not r.solved for r in runs[i]), self.scores[i], i))
         self.best = self.trials[chosen][1]
         self._set_aside_stale_finals()
+        self._set_aside_short_finals()
         if self.on_chosen:
             self.on_chosen(self)
 
@@ -235,8 +251,24 @@ class TunedPlan:
             raise StudyError(f"final runs of {self.base.cell} on {self.base.level} were saved at another configuration "
                              f"(lr {self.results[stale[0].key].lr:g}) than the search now chooses "
                              f"(lr {self.best['lr']:g}); move them away or choose another --out")
-        self.on_superseded([dataclasses.replace(s, lr=self.results[s.key].lr) for s in stale])
+        self.on_superseded([dataclasses.replace(s, lr=self.results[s.key].lr) for s in stale], "")
         for s in stale:
+            del self.results[s.key]
+
+    def _set_aside_short_finals(self) -> None:
+        """Final runs that ended unsolved within a smaller budget than the final one leave the results: they
+        are redone to the final budget (a solved one stands, see ``_as_saved``)."""
+        short = [s for s in self.final_specs() if s.key in self.results and not self.results[s.key].solved
+                 and (self.results[s.key].budget or 0) < s.budget]
+        if not short:
+            return
+        budget = self.results[short[0].key].budget
+        if self.on_superseded is None:
+            raise StudyError(f"final runs of {self.base.cell} on {self.base.level} ended unsolved within "
+                             f"{budget:,} sequences, less than the final budget {self.final_budget:,}; move them "
+                             f"away or choose another --out")
+        self.on_superseded(short, f"budget{budget}")
+        for s in short:
             del self.results[s.key]
 
     def _check_saved(self, index: int, runs: list[RunResult]) -> None:
