@@ -303,3 +303,21 @@ def test_the_lru_starts_on_its_ring_and_mamba_with_its_papers_init():
 
 # That each family learns easy (above 99% test accuracy within 3,200 sequences) is tested through the
 # experiment's protocol: tests/test_experiment.py::test_every_family_of_the_grid_learns_easy_through_the_protocol.
+
+
+def test_minlstm_normalised_gates_are_finite_where_both_sigmoids_underflow():
+    # f / (f + i) of the sigmoids is 0/0 in float32 once both pre-activations are below about -88; a minLSTM
+    # run on hard went NaN that way. The gates must be the same numbers elsewhere, and finite there.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from qrsu_models import minrnn
+    pre = jnp.array([[-200.0, -190.0, 3.0], [-100.0, -100.0, 2.0], [1.0, -2.0, 5.0], [4.0, 0.5, -1.0]])
+    a, b = minrnn.coefficients("minlstm", pre)
+    assert np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(b)).all()
+    f, i = jax.nn.sigmoid(pre[:, :1]), jax.nn.sigmoid(pre[:, 1:2])
+    np.testing.assert_allclose(a[2:], (f / (f + i))[2:], rtol=1e-6)
+    np.testing.assert_allclose(b[2:], (i / (f + i) * pre[:, 2:])[2:], rtol=1e-6)
+    np.testing.assert_allclose(a[:2, 0], [1 / (1 + np.exp(10.0)), 0.5], rtol=1e-5)  # e^-200 / (e^-200 + e^-190)
+    np.testing.assert_allclose(a + b / pre[:, 2:], 1.0, rtol=1e-6)  # the two gates still sum to 1
