@@ -160,8 +160,8 @@ class Grid:
         """The run of ``cell`` on ``level`` at ``lr`` from ``seed``."""
         f = self.family(cell)
         tuned = self.args.protocol == "tuned"
-        budgets, checks = (TUNED_BUDGETS, TUNED_CHECK_EVERY) if tuned else (BUDGETS, CHECK_EVERY)
-        return RunSpec(cell, level, seed, budget=self.args.budget or budgets.get(level, 100_000 if tuned else 20_000),
+        checks = TUNED_CHECK_EVERY if tuned else CHECK_EVERY
+        return RunSpec(cell, level, seed, budget=self.budget(level),
                        check_every=self.args.check_every or checks.get(level, 1600 if tuned else 320),
                        batch_size=self.args.batch_size, lr=lr, clip_norm=self.args.clip_norm,
                        optimizer=getattr(self.args, "optimizer", "adam"),
@@ -171,12 +171,18 @@ class Grid:
                        solved_error=getattr(self.args, "solved_error", SOLVED_ERROR),
                        train_through=getattr(self.args, "train_through", False))
 
+    def budget(self, level: str) -> int:
+        """Training sequences a run on ``level`` may use (a tuned study's search runs): --budget, else the
+        protocol's per-level budget."""
+        if self.args.protocol == "tuned":
+            return self.args.budget or TUNED_BUDGETS.get(level, 100_000)
+        return self.args.budget or BUDGETS.get(level, 20_000)
+
     def final_budget(self, level: str) -> int:
         """The tuned protocol's budget for the final seeds on ``level``: --final-budget, else --budget, else
         TUNED_FINAL_BUDGETS' or the search's."""
-        if getattr(self.args, "final_budget", None):
-            return self.args.final_budget
-        return self.args.budget or TUNED_FINAL_BUDGETS.get(level, TUNED_BUDGETS.get(level, 100_000))
+        return (getattr(self.args, "final_budget", None) or self.args.budget or TUNED_FINAL_BUDGETS.get(level)
+                or self.budget(level))
 
     def lrs(self, cell: str) -> tuple[float, ...]:
         """The learning rates tried for ``cell``: --lrs, else its family's grid."""

@@ -245,30 +245,29 @@ class TunedPlan:
         """Final runs saved at another configuration than the one chosen leave the results (see the module)."""
         stale = [s for s in self.final_specs() if s.key in self.results and self.results[s.key].lr is not None
                  and not math.isclose(self.results[s.key].lr, self.best["lr"], rel_tol=1e-9)]
-        if not stale:
-            return
-        if self.on_superseded is None:
-            raise StudyError(f"final runs of {self.base.cell} on {self.base.level} were saved at another configuration "
-                             f"(lr {self.results[stale[0].key].lr:g}) than the search now chooses "
-                             f"(lr {self.best['lr']:g}); move them away or choose another --out")
-        self.on_superseded([dataclasses.replace(s, lr=self.results[s.key].lr) for s in stale], "")
-        for s in stale:
-            del self.results[s.key]
+        self._set_aside([dataclasses.replace(s, lr=self.results[s.key].lr) for s in stale], "",
+                        f"were saved at another configuration (lr {self.results[stale[0].key].lr:g}) than the "
+                        f"search now chooses (lr {self.best['lr']:g})" if stale else "")
 
     def _set_aside_short_finals(self) -> None:
         """Final runs that ended unsolved within a smaller budget than the final one leave the results: they
         are redone to the final budget (a solved one stands, see ``_as_saved``)."""
         short = [s for s in self.final_specs() if s.key in self.results and not self.results[s.key].solved
                  and (self.results[s.key].budget or 0) < s.budget]
-        if not short:
+        budget = self.results[short[0].key].budget if short else 0
+        self._set_aside(short, f"budget{budget}", f"ended unsolved within {budget:,} sequences, less than the final "
+                                                  f"budget {self.final_budget:,}")
+
+    def _set_aside(self, specs: list[RunSpec], label: str, why: str) -> None:
+        """Hands ``specs``' saved runs to ``on_superseded`` (which keeps them apart) and drops them from the
+        results, so that they run again; a StudyError, saying ``why``, if nobody takes them."""
+        if not specs:
             return
-        budget = self.results[short[0].key].budget
         if self.on_superseded is None:
-            raise StudyError(f"final runs of {self.base.cell} on {self.base.level} ended unsolved within "
-                             f"{budget:,} sequences, less than the final budget {self.final_budget:,}; move them "
-                             f"away or choose another --out")
-        self.on_superseded(short, f"budget{budget}")
-        for s in short:
+            raise StudyError(f"final runs of {self.base.cell} on {self.base.level} {why}; move them away or choose "
+                             f"another --out")
+        self.on_superseded(specs, label)
+        for s in specs:
             del self.results[s.key]
 
     def _check_saved(self, index: int, runs: list[RunResult]) -> None:
