@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -106,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
                         "Transformer, the default grid runs them on nightmare too")
     p.add_argument("--quick", action="store_true",
                    help="version 1 of the protocol, small: lstm and gru on easy (for a first look and the tests)")
+    p.add_argument("--redo", metavar="LABEL", default=None,
+                   help="first set aside every saved run of --cells on --levels (records, models, events, "
+                        "evaluations at length) in OUT/superseded/LABEL, then run them again: after a fix to a model, "
+                        "say. Name --cells or --levels; to continue an interrupted redo, run without --redo")
     p.add_argument("--replot", metavar="DIR", help="train nothing: rewrite the tables and plots of DIR's runs")
     return p
 
@@ -128,6 +133,13 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--confirm-seeds must be distinct and apart from --search-seeds and --seeds (a "
                          f"configuration's runs are told apart by their seeds), got {args.confirm_seeds}, "
                          f"{args.search_seeds} and {args.seeds}")
+    if args.redo is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.redo):
+            raise ValueError(f"--redo takes a label for the folder superseded/LABEL (letters, digits, '.', '_', '-'), "
+                             f"got {args.redo!r}")
+        if set(args.cells) >= set(FAMILIES) and set(args.levels) >= set(task.LEVELS):
+            raise ValueError("--redo sets aside every saved run of --cells on --levels, and these are all of them; "
+                             "name the --cells or --levels to redo")
     if args.confirm < 0:
         raise ValueError(f"--confirm must be 0 (no confirmation) or more, got {args.confirm}")
     for cell in args.cells:

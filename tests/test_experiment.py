@@ -3,6 +3,7 @@ validation, length generalisation, TensorBoard events, resuming, and the same ta
 
 import json
 import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -101,6 +102,32 @@ def test_a_rerun_skips_finished_runs_and_extends_the_grid(first, data_dir, capsy
                             "--out", os.fspath(first), "--lengthgen-lengths"]) == 0
     new = {k: t for k, t in _records(first).items() if before.get(k) != t}
     assert len(new) == 1 and next(iter(new)).startswith("lstm-easy-") and next(iter(new)).endswith("-seed3")
+
+
+def test_redo_sets_a_familys_runs_aside_and_runs_them_again(first, data_dir, tmp_path, capsys):
+    # After a fix to a model its rows are redone: its saved runs kept under superseded/LABEL, the others untouched.
+    out = tmp_path / "study"
+    shutil.copytree(first, out)
+    before = _records(out)
+    gru = {k for k in before if k.startswith("gru-")}
+    assert gru and experiment.main(["--quick", "--cells", "gru", "--redo", "fix", "--data-dir", data_dir,
+                                    "--out", os.fspath(out)]) == 0
+    assert f"set aside {len(gru)} saved run(s) of gru on easy" in capsys.readouterr().out
+    assert {p.stem for p in (out / "superseded" / "fix" / "runs").glob("*.json")} == gru
+    assert {p.name for p in (out / "superseded" / "fix" / "lengthgen").glob("*.json")} == {
+        p.name for p in (first / "lengthgen").glob("gru-*.json")}
+    after = _records(out)
+    assert {k: t for k, t in after.items() if k not in gru} == {k: t for k, t in before.items() if k not in gru}
+    for key in gru:  # redone, from the same seeds: the same results
+        old, new = (json.loads((folder / f"{key}.json").read_text())["result"]
+                    for folder in (out / "superseded" / "fix" / "runs", out / "runs"))
+        assert (new["sequences_to_solve"], new["test_accuracy"]) == (old["sequences_to_solve"], old["test_accuracy"])
+    # The same label again is refused, moving nothing: a redo under it has begun.
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".lock" not in p.name}
+    assert experiment.main(["--quick", "--cells", "gru", "--redo", "fix", "--data-dir", data_dir,
+                            "--out", os.fspath(out)]) == 1
+    assert "run the same command without --redo" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".lock" not in p.name} == files
 
 
 def test_runs_of_other_settings_are_refused_before_anything_trains(first, data_dir, capsys):

@@ -356,6 +356,27 @@ class LengthPlan:
         return sum(len(self.configs) - len(self._missing(s)) for s in self.source.row_specs())
 
 
+def saved_files(key: str) -> list[tuple[str, str]]:
+    """What a study keeps of the run ``key``, as (folder, name): record, model, events, evaluations at length."""
+    return [("runs", f"{key}.json"), ("models", f"{key}.npz"), ("events", key), ("lengthgen", f"{key}.json")]
+
+
+def redo(study: Study, cells: list[str], levels: list[str], label: str) -> int:
+    """Moves every saved run of ``cells`` on ``levels`` into superseded/``label``/ (kept, out of the table, to be
+    redone); how many. Refused, moving nothing, if that folder exists: a redo under that label has begun."""
+    target = study.path("superseded", label)
+    if target.exists():
+        raise StudyError(f"--redo {label}: {target} exists already, so a redo under that label has begun; run the "
+                         f"same command without --redo to continue it, or give another label")
+    keys = [key for key, record in study.records().items()
+            if record["settings"].get("cell") in cells and record["settings"].get("level") in levels]
+    for key in keys:
+        study.set_aside(saved_files(key), label)
+    print(f"--redo {label}: set aside {len(keys)} saved run(s) of {', '.join(cells)} on {', '.join(levels)} in "
+          f"{target}; they are redone now", flush=True)
+    return len(keys)
+
+
 class Driver:
     """The grid's writer: each finished run's record, model and events, each evaluation's record, as they come."""
 
@@ -369,8 +390,7 @@ class Driver:
         superseded/``label``/ of the study (default lr<lr>): kept, out of the table, and redone."""
         for spec in specs:
             label_of = label or f"lr{spec.lr:g}"
-            moved = self.study.set_aside([("runs", f"{spec.key}.json"), ("models", f"{spec.key}.npz"),
-                                          ("events", spec.key), ("lengthgen", f"{spec.key}.json")], label_of)
+            moved = self.study.set_aside(saved_files(spec.key), label_of)
             self.evaluated.pop(spec.key, None)
             if moved:
                 print(f"{spec.key}: set aside in {self.study.path('superseded', label_of)} and redone ("
@@ -421,6 +441,8 @@ def run_grid(args: argparse.Namespace) -> int:
     """Runs the grid's runs not done yet in ``args.out`` and writes its tables; returns the exit code."""
     grid = Grid(args)
     with Study(args.out, KIND) as study:
+        if getattr(args, "redo", None):
+            redo(study, args.cells, args.levels, args.redo)
         done = results_of(study)
         pairs = grid.pairs()
         # Refused before anything trains: a run of the same key saved with other settings.
