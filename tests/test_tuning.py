@@ -107,6 +107,15 @@ def test_with_fewer_than_two_solving_configurations_nothing_is_confirmed():
     assert plan.finished_count() == plan.total()  # the confirmation not needed counts as done
 
 
+def test_a_resumed_search_waiting_on_its_confirmation_counts_its_saved_final_runs():
+    # The final seeds were run before the confirmation existed; resumed, the choice waits on it.
+    first = _plan({}, confirm=0)
+    _simulate(first, _fragile_then_steady)
+    resumed = _plan(dict(first.results))
+    assert resumed.best is None
+    assert resumed.finished_count() == 4 * 2 + 5
+
+
 def test_final_runs_saved_at_a_configuration_no_longer_chosen_are_set_aside_and_redone():
     first = _plan({}, confirm=0)
     _simulate(first, _fragile_then_steady)

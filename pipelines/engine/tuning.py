@@ -310,6 +310,9 @@ class TunedPlan:
         """How many of them are done (a confirmation not needed counts as done once that is known)."""
         keys = {s.key for i in range(len(self.trials)) for s in self._search_specs_plain(i)}
         keys |= {s.key for i in self.candidates or () for s in self._confirm_specs_plain(i)}
-        keys |= {s.key for s in self.final_specs()}
+        # Saved final runs count while the choice waits on its confirmation (after a restart, say): they stand
+        # unless the choice changes, and the count of a resumed study does not drop meanwhile.
+        keys |= {s.key for s in self.final_specs()} or (
+            {self.spec(self.trials[0][1], seed, "final").key for seed in self.final_seeds} if self.trials else set())
         skipped = 0 if self.candidates is None else (self.confirm - len(self.candidates)) * len(self.confirm_seeds)
         return len(keys & self.results.keys()) + skipped
