@@ -22,6 +22,9 @@ length per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 se
 their code stops (no validation sequence wrong), evaluated on 10,000 sequences at each length from 50 to 10,000
 with their positions.
 
+The ``fixed`` recipe is the leaderboard's own training, so ``--fixed-from DIR`` takes its rows from a
+leaderboard study's models trained on ``hard`` (tuned, 5 seeds; docs/leaderboard2) instead of training them again.
+
 Writes, into ``--out``: one study folder per recipe (its runs, models and evaluations, resumable), and
 ``matrix.md``, ``matrix.json`` and ``matrix.png`` (a heatmap of family x recipe x length).
 """
@@ -129,15 +132,55 @@ def applicable(cell: str, recipe: str) -> bool:
     return RECIPES[recipe]["initial_state"] == "zero" or registry.get(cell).supports("forward_state")
 
 
-def matrix(out: Path, recipes: list[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """family -> recipe -> suite config -> the accuracies of its seeds, from every recipe's study in ``out``."""
+def matrix(out: Path, recipes: list[str], fixed_from: Path | None = None
+           ) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """family -> recipe -> suite config -> the accuracies of its seeds, from every recipe's study in ``out`` (and
+    the ``fixed`` rows of the families it lacks from the leaderboard study ``fixed_from``)."""
     found: dict[str, dict[str, dict[str, list[float]]]] = {}
     for recipe in recipes:
-        if (out / recipe / "runs").is_dir():
-            table, _ = saved_lengthgen(out / recipe)
-            for cell, per in table.items():
-                found.setdefault(cell, {})[recipe] = per
-    return found
+        table = saved_lengthgen(out / recipe)[0] if (out / recipe / "runs").is_dir() else {}
+        if recipe == "fixed" and fixed_from is not None:
+            table = {**leaderboard_fixed(fixed_from), **table}
+        for cell, per in table.items():
+            found.setdefault(cell, {})[recipe] = per
+    return {cell: found[cell] for cell in sorted(found, key=_family_order)}
+
+
+def _family_order(cell: str) -> int:
+    return list(MATRIX_FAMILIES).index(cell) if cell in MATRIX_FAMILIES else len(MATRIX_FAMILIES)
+
+
+FIXED_FROM = "fixed-from.json"
+"""Where --out records the leaderboard study whose models give the ``fixed`` rows, for later commands."""
+
+
+def leaderboard_fixed(study: Path) -> dict[str, dict[str, list[float]]]:
+    """family -> suite config -> accuracies by seed of a leaderboard study's models trained on ``hard`` (the
+    ``fixed`` recipe: the same level, zero states, stopped at solving); ValueError if ``study`` holds none."""
+    table, trained_on = saved_lengthgen(study) if (study / "runs").is_dir() else ({}, "")
+    if trained_on != "hard" or not table:
+        raise ValueError(f"--fixed-from {study}: no evaluations at length of models trained on hard there; give "
+                         f"the --out folder of a pipelines.experiment study (docs/leaderboard2, say)")
+    return table
+
+
+def fixed_source(out: Path, asked: str | None) -> Path | None:
+    """The leaderboard study that gives ``out``'s fixed rows: ``asked`` (recorded in ``out`` for later commands),
+    else the one recorded, else none."""
+    record = out / FIXED_FROM
+    if asked is not None:
+        source = Path(asked).expanduser().absolute()
+        leaderboard_fixed(source)  # checked before anything is written
+        return source
+    if not record.is_file():
+        return None
+    try:  # relative to out, so that a checkout elsewhere finds it
+        source = (out / json.loads(record.read_text())["study"]).resolve()
+        leaderboard_fixed(source)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{record} names the study of the fixed rows, and it cannot be read ({e}); give "
+                         f"--fixed-from DIR again") from None
+    return source
 
 
 def markdown(found: dict, lengths: tuple[int, ...]) -> str:
@@ -225,6 +268,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="results/lengthgen", help="output folder (a study per recipe inside)")
+    p.add_argument("--fixed-from", metavar="DIR", default=None,
+                   help="the fixed recipe's rows from a leaderboard study's models trained on hard (DIR: its --out, "
+                        "docs/leaderboard2 say; tuned, 5 seeds, evaluated at the same lengths) instead of training "
+                        "them; families it lacks are trained. Recorded in --out for later commands")
     p.add_argument("--replot", action="store_true", help="train nothing: rewrite the matrix from --out's studies")
     return p
 
@@ -235,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         out = Path(args.out)
+        if args.pascanu and args.fixed_from is not None:
+            raise ValueError("--fixed-from belongs to the matrix, not to --pascanu")
         for name in ("pascanu_train", "pascanu_buckets"):
             if not args.pascanu and getattr(args, name) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} belongs to --pascanu")
@@ -263,15 +312,26 @@ def main(argv: list[str] | None = None) -> int:
             print(pascanu_table(Path(study.out)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
+        fixed_from = fixed_source(out, args.fixed_from)
+        if args.fixed_from is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            reporting.write_json(out / FIXED_FROM, {"study": os.path.relpath(fixed_from, out.absolute())})
+        given = leaderboard_fixed(fixed_from) if fixed_from is not None else {}
         if not args.replot:
             for recipe in args.recipes:
                 cells = [c for c in args.cells if applicable(c, recipe)]
                 skipped = sorted(set(args.cells) - set(cells))
                 if skipped:
                     print(f"{recipe}: left out {', '.join(skipped)} (no settable state)", flush=True)
+                if recipe == "fixed" and given:
+                    print(f"fixed: {', '.join(c for c in cells if c in given) or 'no family'} from {fixed_from}",
+                          flush=True)
+                    cells = [c for c in cells if c not in given]
+                if not cells:
+                    continue
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
                 run_grid(study_args(recipe, cells, out, args))
-        found = matrix(out, list(RECIPES))  # every recipe studied in --out, not only this command's
+        found = matrix(out, list(RECIPES), fixed_from)  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)
         reporting.write_text(out / "matrix.md", table)

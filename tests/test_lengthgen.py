@@ -148,3 +148,46 @@ def test_with_one_learning_rate_each_model_is_evaluated_as_its_run_finishes(tmp_
     jobs = evals.ready()
     assert {j.args[0].key for j in jobs} == {seed0.key}
     assert len(jobs) == len(lengthgen.PASCANU_LENGTHS) and not evals.done
+
+
+def _leaderboard_study(study: Path, accuracies: dict[str, list[float]], level: str = "hard") -> Path:
+    """A leaderboard study's saved final runs on ``level`` and their evaluations at length (family -> accuracy at
+    hard-len200, by seed), as pipelines.experiment writes them."""
+    import dataclasses
+    from pipelines.engine.solving import RunResult
+    for folder in ("runs", "lengthgen"):
+        (study / folder).mkdir(parents=True, exist_ok=True)
+    for cell, per_seed in accuracies.items():
+        for seed, accuracy in enumerate(per_seed):
+            key = f"{cell}-{level}-final-seed{seed}"
+            result = RunResult(cell, level, seed, True, 3_200, 3_200, 1.0, 0, 1.0, [], role="final")
+            (study / "runs" / f"{key}.json").write_text(json.dumps(
+                {"settings": {"cell": cell, "level": level}, "result": dataclasses.asdict(result)}))
+            (study / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
+    return study
+
+
+def test_the_fixed_rows_come_from_a_leaderboard_study_and_its_folder_is_remembered(tmp_path, capsys):
+    board = _leaderboard_study(tmp_path / "board", {"gru": [1.0, 0.5, 0.75], "mingru": [1.0, 1.0, 1.0, 1.0, 0.75]})
+    out = tmp_path / "lg"
+    # The matrix's own fixed study has the LSTM; the leaderboard gives the families the matrix lacks.
+    _leaderboard_study(out / "fixed", {"lstm": [0.25, 0.5, 0.25], "gru": [0.3, 0.3, 0.3]})
+    args = ["--lengths", "200", "--out", os.fspath(out), "--replot"]
+    assert lengthgen.main([*args, "--fixed-from", os.fspath(board)]) == 0
+    found = json.loads((out / "matrix.json").read_text())
+    assert found["mingru"]["fixed"]["hard-len200"] == [1.0, 1.0, 1.0, 1.0, 0.75]
+    assert found["gru"]["fixed"]["hard-len200"] == [0.3, 0.3, 0.3]  # the matrix's own study comes first
+    assert found["lstm"]["fixed"]["hard-len200"] == [0.25, 0.5, 0.25]
+    assert json.loads((out / lengthgen.FIXED_FROM).read_text()) == {"study": "../board"}
+    # A later command without the flag keeps the rows: the study's folder was recorded, relative to --out.
+    (out / "matrix.json").unlink()
+    assert lengthgen.main(args) == 0 and json.loads((out / "matrix.json").read_text()) == found
+    assert "| mingru | fixed | 1.000 (0.75-1.00) |" in capsys.readouterr().out
+
+
+def test_a_fixed_from_folder_without_hard_models_is_refused_and_nothing_is_written(tmp_path, capsys):
+    board = _leaderboard_study(tmp_path / "board", {"gru": [1.0]}, level="easy")
+    for source in (board, tmp_path / "nowhere"):
+        assert lengthgen.main(["--out", os.fspath(tmp_path / "lg"), "--replot", "--fixed-from", os.fspath(source)]) == 2
+        assert "no evaluations at length of models trained on hard" in capsys.readouterr().err
+    assert not (tmp_path / "lg").exists()
