@@ -118,6 +118,9 @@ def test_redo_sets_a_familys_runs_aside_and_runs_them_again(first, data_dir, tmp
         p.name for p in (first / "lengthgen").glob("gru-*.json")}
     after = _records(out)
     assert {k: t for k, t in after.items() if k not in gru} == {k: t for k, t in before.items() if k not in gru}
+    # The study's tables still hold every family, not only the command's.
+    assert {r["cell"] for r in json.loads((out / "results.json").read_text())} == {"lstm", "gru"}
+    assert set(json.loads((out / "lengthgen.json").read_text())["accuracy"]) == {"lstm", "gru"}
     for key in gru:  # redone, from the same seeds: the same results
         old, new = (json.loads((folder / f"{key}.json").read_text())["result"]
                     for folder in (out / "superseded" / "fix" / "runs", out / "runs"))

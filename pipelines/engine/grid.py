@@ -426,12 +426,21 @@ class Driver:
               + (f" (attempt {finished.attempts})" if finished.attempts > 1 else ""), flush=True)
 
 
-def replot(out: Path) -> int:
-    """Rewrites the tables and plots of the study in ``out`` from its saved runs; trains nothing."""
+def write_tables(out: Path, lrs_of=None) -> tuple[str, dict[str, dict[str, list[float]]], str]:
+    """Writes the tables and plots of every saved run of the study in ``out`` (learning-rate columns from
+    ``lrs_of(cell)`` for a grid); returns the table, the evaluations at length and the level they were trained on."""
+    results = load_results(out)
     table, trained_on = saved_lengthgen(out)
     order = list(dict.fromkeys([*FAMILIES, *registry.names()]))
     table = {c: table[c] for c in sorted(table, key=lambda c: order.index(c) if c in order else len(order))}
-    print(leaderboard.write(load_results(out), out, order, None, table, trained_on))
+    lrs = sorted({lr for c in {r.cell for r in results} for lr in lrs_of(c)}) if lrs_of else None
+    return leaderboard.write(results, out, order, lrs, table, trained_on), table, trained_on
+
+
+def replot(out: Path) -> int:
+    """Rewrites the tables and plots of the study in ``out`` from its saved runs; trains nothing."""
+    text, table, trained_on = write_tables(out)
+    print(text)
     if table:
         print(leaderboard.lengthgen_table(table, trained_on))
     return 0
@@ -470,15 +479,10 @@ def run_grid(args: argparse.Namespace) -> int:
             print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
             failed = pool.run(plans, driver.on_done, total=grid.total(), done_before=finished_before)
         out = study.out
-    table = {}
-    if any(grid.lengthgen_configs(lv) for lv in args.levels):
-        table, _ = saved_lengthgen(out)
-        table = {c: per for c, per in table.items() if c in args.cells}
-    results = [r for r in load_results(out) if r.cell in args.cells and r.level in args.levels]
-    lrs = sorted({lr for c in args.cells for lr in grid.lrs(c)}) if args.protocol == "grid" else None
-    # The level the evaluated models were trained on: the suite's, or (explicit eval_configs) the levels run.
-    trained_on = args.lengthgen_level or ", ".join(args.levels)
-    print("\n" + leaderboard.write(results, out, args.cells, lrs, table, trained_on))
+    # The tables hold every saved run of the study, not only this command's cells and levels: a command on part
+    # of a study (one level, another seed, a redo) does not write the rest out of its results and plots.
+    text, table, trained_on = write_tables(out, grid.lrs if args.protocol == "grid" else None)
+    print("\n" + text)
     if table:
         print(leaderboard.lengthgen_table(table, trained_on))
     print(f"Wrote results.json, results.csv, results.md, sequences_to_solve.png, learning_curves.png"
