@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -426,7 +426,8 @@ class Driver:
               + (f" (attempt {finished.attempts})" if finished.attempts > 1 else ""), flush=True)
 
 
-def write_tables(out: Path, lrs_of=None) -> tuple[str, dict[str, dict[str, list[float]]], str]:
+def write_tables(out: Path, lrs_of: Callable[[str], Sequence[float]] | None = None
+                 ) -> tuple[str, dict[str, dict[str, list[float]]], str]:
     """Writes the tables and plots of every saved run of the study in ``out`` (learning-rate columns from
     ``lrs_of(cell)`` for a grid); returns the table, the evaluations at length and the level they were trained on."""
     results = load_results(out)
