@@ -323,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                 skipped = sorted(set(args.cells) - set(cells))
                 if skipped:
                     print(f"{recipe}: left out {', '.join(skipped)} (no settable state)", flush=True)
-                if recipe == "fixed" and given:
-                    print(f"fixed: {', '.join(c for c in cells if c in given) or 'no family'} from {fixed_from}",
-                          flush=True)
-                    cells = [c for c in cells if c not in given]
+                taken = [c for c in cells if recipe == "fixed" and c in given]
+                if taken:
+                    print(f"fixed: {', '.join(taken)} taken from {fixed_from}", flush=True)
+                    cells = [c for c in cells if c not in taken]
                 if not cells:
                     continue
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
