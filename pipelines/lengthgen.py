@@ -132,15 +132,15 @@ def applicable(cell: str, recipe: str) -> bool:
     return RECIPES[recipe]["initial_state"] == "zero" or registry.get(cell).supports("forward_state")
 
 
-def matrix(out: Path, recipes: list[str], fixed_from: Path | None = None
+def matrix(out: Path, recipes: list[str], fixed_rows: dict[str, dict[str, list[float]]] | None = None
            ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """family -> recipe -> suite config -> the accuracies of its seeds, from every recipe's study in ``out`` (and
-    the ``fixed`` rows of the families it lacks from the leaderboard study ``fixed_from``)."""
+    the ``fixed`` rows of the families it lacks from ``fixed_rows``, a leaderboard's: :func:`fixed_source`)."""
     found: dict[str, dict[str, dict[str, list[float]]]] = {}
     for recipe in recipes:
         table = saved_lengthgen(out / recipe)[0] if (out / recipe / "runs").is_dir() else {}
-        if recipe == "fixed" and fixed_from is not None:
-            table = {**leaderboard_fixed(fixed_from), **table}
+        if recipe == "fixed":
+            table = {**(fixed_rows or {}), **table}
         for cell, per in table.items():
             found.setdefault(cell, {})[recipe] = per
     return {cell: found[cell] for cell in sorted(found, key=_family_order)}
@@ -164,23 +164,21 @@ def leaderboard_fixed(study: Path) -> dict[str, dict[str, list[float]]]:
     return table
 
 
-def fixed_source(out: Path, asked: str | None) -> Path | None:
-    """The leaderboard study that gives ``out``'s fixed rows: ``asked`` (recorded in ``out`` for later commands),
-    else the one recorded, else none."""
+def fixed_source(out: Path, asked: str | None) -> tuple[Path | None, dict[str, dict[str, list[float]]]]:
+    """The leaderboard study that gives ``out``'s fixed rows, and those rows (:func:`leaderboard_fixed`):
+    ``asked`` (recorded in ``out`` for later commands), else the one recorded, else none."""
     record = out / FIXED_FROM
     if asked is not None:
         source = Path(asked).expanduser().absolute()
-        leaderboard_fixed(source)  # checked before anything is written
-        return source
+        return source, leaderboard_fixed(source)  # checked before anything is written
     if not record.is_file():
-        return None
+        return None, {}
     try:  # relative to out, so that a checkout elsewhere finds it
         source = (out / json.loads(record.read_text())["study"]).resolve()
-        leaderboard_fixed(source)
+        return source, leaderboard_fixed(source)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{record} names the study of the fixed rows, and it cannot be read ({e}); give "
                          f"--fixed-from DIR again") from None
-    return source
 
 
 def markdown(found: dict, lengths: tuple[int, ...]) -> str:
@@ -312,11 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             print(pascanu_table(Path(study.out)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
-        fixed_from = fixed_source(out, args.fixed_from)
+        fixed_from, given = fixed_source(out, args.fixed_from)
         if args.fixed_from is not None:
             out.mkdir(parents=True, exist_ok=True)
             reporting.write_json(out / FIXED_FROM, {"study": os.path.relpath(fixed_from, out.absolute())})
-        given = leaderboard_fixed(fixed_from) if fixed_from is not None else {}
         if not args.replot:
             for recipe in args.recipes:
                 cells = [c for c in args.cells if applicable(c, recipe)]
@@ -331,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
                 run_grid(study_args(recipe, cells, out, args))
-        found = matrix(out, list(RECIPES), fixed_from)  # every recipe studied in --out, not only this command's
+        found = matrix(out, list(RECIPES), given)  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)
         reporting.write_text(out / "matrix.md", table)

@@ -310,9 +310,8 @@ class TunedPlan:
         """How many of them are done (a confirmation not needed counts as done once that is known)."""
         keys = {s.key for i in range(len(self.trials)) for s in self._search_specs_plain(i)}
         keys |= {s.key for i in self.candidates or () for s in self._confirm_specs_plain(i)}
-        # Saved final runs count while the choice waits on its confirmation (after a restart, say): they stand
-        # unless the choice changes, and the count of a resumed study does not drop meanwhile.
-        keys |= {s.key for s in self.final_specs()} or (
-            {self.spec(self.trials[0][1], seed, "final").key for seed in self.final_seeds} if self.trials else set())
+        # A final run's key does not depend on the configuration, so saved final runs count also while the
+        # choice waits on its confirmation (after a restart, say), and a resumed study's count does not drop.
+        keys |= {dataclasses.replace(self.base, seed=seed, role="final").key for seed in self.final_seeds}
         skipped = 0 if self.candidates is None else (self.confirm - len(self.candidates)) * len(self.confirm_seeds)
         return len(keys & self.results.keys()) + skipped
