@@ -27,7 +27,7 @@ from pipelines.engine.checkpoints import Checkpointer
 from pipelines.engine.config import TrainConfig
 from pipelines.engine.errors import EXIT_INTERRUPTED, CommandError, guarded
 from pipelines.engine.loop import INTERRUPTED, Diverged as _LoopDiverged, Every, Interrupt, train_steps
-from pipelines.engine.model import create_model
+from pipelines.engine.model import create_model, skipped_updates
 from pipelines.engine.session import Session, ensure_built
 from pipelines.engine.sharding import barrier, initialize_processes, is_primary
 from pipelines.engine.state import reset_metrics
@@ -237,7 +237,12 @@ class _Training:
         if self.primary:
             tqdm.tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f} "
                             f"acc {train['accuracy']:.4f} | {s.check_split} loss {val['loss']:.4f} "
-                            f"acc {val['accuracy']:.4f} | {now:.0f} s")
+                            f"acc {val['accuracy']:.4f} | {now:.0f} s" + self._skipped())
+
+    def _skipped(self) -> str:
+        # Worth a word when it happens: each is a batch whose gradient overflowed (engine.model.create_tx).
+        skipped = skipped_updates(self.session.state.opt_state)
+        return f" | {skipped} step(s) skipped so far: gradient not finite" if skipped else ""
 
     def _summary(self) -> dict:
         s, config, history = self.session, self.config, self.history
@@ -245,7 +250,8 @@ class _Training:
         summary = {"interrupted": False, "step": s.step, "workdir": str(self.workdir),
                    "sequences_seen": s.sequences_seen, "parameters": s.parameters, "state_size": s.state_size,
                    "final_test_acc": test.get("accuracy", math.nan),
-                   "best_val_acc": max(history["val_acc"], default=math.nan), "wall_time_s": self._now()}
+                   "best_val_acc": max(history["val_acc"], default=math.nan), "wall_time_s": self._now(),
+                   "skipped_updates": skipped_updates(s.state.opt_state)}
         if self.primary:
             print(f"Done: {config.model} on {config.difficulty!r}, {summary['sequences_seen']:,} training "
                   f"sequences, test accuracy {summary['final_test_acc']:.4f} (best {history['eval_split']} accuracy "

@@ -1,6 +1,7 @@
 """The train step: golden values, the CPU gradient threads and loop unrolling (same training), bad values refused."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -132,3 +133,40 @@ def test_the_resolved_unroll_reaches_the_model():
 def test_bad_unroll_is_refused():
     with pytest.raises(ValueError, match="unroll must be an integer >= 0"):
         TrainConfig(unroll=-1).validate()
+
+
+def _state(config: TrainConfig, tx):
+    return init_state(create_model(config), tx, config.padding, Sharding.create(jax.devices()[:1]))
+
+
+def test_a_step_whose_gradient_is_not_finite_is_skipped_and_counted():
+    from pipelines.engine.model import NONFINITE_SKIP_LIMIT, base_tx, skipped_updates
+    from pipelines.engine.state import apply_gradients
+
+    config = TrainConfig(difficulty="easy", hidden=8)
+    tx = create_tx(config)
+    _, state = _state(config, tx)
+    apply = jax.jit(lambda *args: apply_gradients(tx, *args))
+    labels = np.zeros(4, np.int32)
+    losses, logits = np.ones(4, np.float32), np.zeros((4, 4), np.float32)
+    finite = jax.tree.map(lambda p: jnp.full(p.shape, 0.01, p.dtype), state.params)
+    overflow = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(np.inf), finite)  # one entry is enough
+    skipped = apply(state, overflow, losses, logits, labels)
+    for before, after in zip(jax.tree.leaves(state.params), jax.tree.leaves(skipped.params)):
+        np.testing.assert_array_equal(before, after)  # the weights are untouched
+    assert skipped_updates(skipped.opt_state) == 1 and skipped_updates(state.opt_state) == 0
+    assert int(skipped.metrics.count) == 4  # the batch still counts in the running metrics
+    # A finite step after it is exactly the step of the optimizer without the skip.
+    plain_tx = base_tx(config)
+    _, plain = _state(config, plain_tx)
+    after = apply(skipped, finite, losses, logits, labels)
+    expected = apply_gradients(plain_tx, plain, finite, losses, logits, labels)
+    for got, want in zip(jax.tree.leaves(after.params), jax.tree.leaves(expected.params)):
+        np.testing.assert_array_equal(got, want)
+    assert skipped_updates(after.opt_state) == 1
+    # A gradient that never becomes finite again is applied after NONFINITE_SKIP_LIMIT skips: the run diverges
+    # (and says so) rather than silently not training.
+    for n in range(NONFINITE_SKIP_LIMIT + 1):
+        after = apply(after, overflow, losses, logits, labels)
+        finite_weights = all(np.isfinite(p).all() for p in jax.tree.leaves(after.params))
+        assert finite_weights == (n < NONFINITE_SKIP_LIMIT), n

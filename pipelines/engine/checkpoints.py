@@ -14,6 +14,7 @@ from typing import Any
 
 import grain
 import jax
+import optax
 import orbax.checkpoint as ocp
 
 from pipelines.engine.errors import CommandError
@@ -70,6 +71,23 @@ class Checkpointer:
 
     def restore(self, step: int, target: TrainState, data_iterator: Any) -> tuple[TrainState, dict]:
         """Checkpoint ``step``: (state shaped like ``target``, meta), ``data_iterator`` moved to its position."""
+        try:
+            return self._restore(step, target, data_iterator)
+        except Exception:
+            if not isinstance(target.opt_state, optax.ApplyIfFiniteState):
+                raise
+            # A checkpoint written before the optimizer skipped non-finite gradients holds the inner optimizer's
+            # state alone: restore that, with the skip's counters fresh (``target``'s, from a new state).
+            skip = target.opt_state
+            try:
+                state, meta = self._restore(step, target._replace(opt_state=skip.inner_state), data_iterator)
+            except Exception:
+                pass
+            else:
+                return state._replace(opt_state=skip._replace(inner_state=state.opt_state)), meta
+            raise
+
+    def _restore(self, step: int, target: TrainState, data_iterator: Any) -> tuple[TrainState, dict]:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             **{_ITEM_NAMES[name]: ocp.args.StandardRestore(getattr(target, name)) for name in STATE_ITEMS},
             data=grain.checkpoint.CheckpointRestore(data_iterator),

@@ -23,7 +23,7 @@ import numpy as np
 from pipelines.engine import reporting
 from pipelines.engine.config import TrainConfig
 from pipelines.engine.loop import STOPPED, Diverged, Every, train_steps
-from pipelines.engine.model import create_model
+from pipelines.engine.model import create_model, skipped_updates
 from pipelines.engine.session import Session
 from pipelines.engine.state import SplitModel
 from qrsu_data.splits import SplitSpec
@@ -129,6 +129,7 @@ class RunResult:
     ended: str = NOT_SOLVED  # SOLVED, NOT_SOLVED, PRUNED or DIVERGED
     role: str = ""  # a tuned study's 't03' (a search run) or 'final'; '' in a learning-rate grid
     budget: int | None = None
+    skipped_updates: int = 0  # optimizer steps skipped for a non-finite gradient (engine.model.create_tx)
 
     @classmethod
     def from_json(cls, data: dict) -> RunResult:
@@ -167,6 +168,7 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
         # The model that stopped, on the test split it never chose by: the whole split, and the 1997 figure.
         test = session.evaluator.predict(session.state.params, session.dataset, "test", data_dir=data_dir)
         params = jax.device_get(session.state.params)
+        skipped = skipped_updates(session.state.opt_state)
     wrong_of_2560 = int((test.predicted[:PAPER_TEST] != test.labels[:PAPER_TEST]).sum())
     solved = ended == SOLVED
     # A run that stops at solving stops at its first solved check; one trained through is solved when its last
@@ -175,7 +177,7 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     result = RunResult(spec.cell, spec.level, spec.seed, solved, to_solve,
                        session.sequences_seen, test.metrics()["accuracy"], wrong_of_2560,
                        round(time.perf_counter() - t0, 1), rule.curve, session.parameters, session.state_size,
-                       rule.accuracy, spec.lr, ended, spec.role, spec.budget)
+                       rule.accuracy, spec.lr, ended, spec.role, spec.budget, skipped)
     return result, params
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pipelines.engine.gradient import bounded_value_and_grad
 from pipelines.engine.sharding import Sharding, local_value
 
 Batch = dict[str, jax.Array]
@@ -118,7 +119,7 @@ def train_step(model: SplitModel, tx: optax.GradientTransformation, state: Train
     flows back into (Buitrago Ruiz & Gu 2025), and their final states are the next carry."""
     if state.carry is not None:
         batch = {**batch, "initial_state": jax.lax.stop_gradient(state.carry)}
-    (loss, (logits, losses, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, model, batch)
+    (loss, (logits, losses, final)), grads = bounded_value_and_grad(loss_fn)(state.params, model, batch)
     new = apply_gradients(tx, state, grads, losses, logits, batch["label"])
     return (new if state.carry is None else new._replace(carry=final)), loss
 

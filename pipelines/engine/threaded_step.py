@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pipelines.engine.gradient import bounded_value_and_grad
 from pipelines.engine.sharding import Sharding
 from pipelines.engine.state import Batch, SplitModel, TrainState, apply_gradients, loss_fn
 
@@ -44,7 +45,7 @@ def grad_threads(asked: int, batch_size: int, length: int, sharding: Sharding) -
 def _part_gradient(model: SplitModel, part: int, params: dict, batch: Batch, index: jax.Array):
     # Slicing inside the program keeps one compilation for every part (index is traced).
     sliced = {k: jax.lax.dynamic_slice_in_dim(v, index * part, part) for k, v in batch.items()}
-    (_, (logits, losses, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, model, sliced)
+    (_, (logits, losses, final)), grads = bounded_value_and_grad(loss_fn)(params, model, sliced)
     return grads, logits, losses, final
 
 
