@@ -110,10 +110,14 @@ def test_redo_sets_a_familys_runs_aside_and_runs_them_again(first, data_dir, tmp
     shutil.copytree(first, out)
     before = _records(out)
     gru = {k for k in before if k.startswith("gru-")}
+    for key, cell in (("gru-easy-lr0.002-seed9", "gru"), ("lstm-easy-lr0.002-seed9", "lstm")):  # runs in flight
+        (out / "inflight" / key).mkdir(parents=True)
+        (out / "inflight" / key / "settings.json").write_text(json.dumps({"cell": cell, "level": "easy"}))
     assert gru and experiment.main(["--quick", "--cells", "gru", "--redo", "fix", "--data-dir", data_dir,
                                     "--out", os.fspath(out)]) == 0
     assert f"set aside {len(gru)} saved run(s) of gru on easy" in capsys.readouterr().out
     assert {p.stem for p in (out / "superseded" / "fix" / "runs").glob("*.json")} == gru
+    assert [p.name for p in (out / "inflight").iterdir()] == ["lstm-easy-lr0.002-seed9"]  # the gru's snapshot too
     assert {p.name for p in (out / "superseded" / "fix" / "lengthgen").glob("*.json")} == {
         p.name for p in (first / "lengthgen").glob("gru-*.json")}
     after = _records(out)

@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipelines.engine import leaderboard, reporting
+from pipelines.engine import leaderboard, reporting, snapshots
 from pipelines.engine.evaluator import Evaluator
 from pipelines.engine.pool import Finished, Job, Pool
 from pipelines.engine.session import ensure_built
 from pipelines.engine.sharding import Sharding
+from pipelines.engine.snapshots import INFLIGHT
 from pipelines.engine.solving import (SOLVED_ERROR, RunResult, RunSpec, model_with_params, run_one, save_params,
                                       write_events)
 from pipelines.engine.study import Study, StudyError
@@ -213,17 +214,18 @@ class Grid:
             out += len(seeds) * len(self.lengthgen_configs(level))
         return out
 
-    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir, on_superseded=None):
+    def plan(self, cell: str, level: str, done: dict[str, RunResult], data_dir, on_superseded=None, snapshots=None):
         """The plan of (``cell``, ``level``) under the protocol: a learning-rate grid or a tuned search
-        (``on_superseded`` receives its final runs saved at a configuration it no longer chooses)."""
+        (``on_superseded`` receives its final runs saved at a configuration it no longer chooses; its runs save
+        themselves mid-way in ``snapshots``)."""
         if self.args.protocol == "grid":
-            return CellPlan(self, cell, level, done, data_dir)
+            return CellPlan(self, cell, level, done, data_dir, snapshots)
         return TunedPlan(self.spec(cell, level, self.family(cell).lrs[0], 0), self.family(cell).space, done,
                          configs=self.args.configs, wave=self.args.wave, search_seeds=self.args.search_seeds,
                          final_seeds=self.args.seeds, confirm=getattr(self.args, "confirm", 0),
                          confirm_seeds=getattr(self.args, "confirm_seeds", ()),
                          final_budget=self.final_budget(level), data_dir=data_dir,
-                         on_superseded=on_superseded)
+                         on_superseded=on_superseded, snapshots=snapshots)
 
     def lengthgen_configs(self, level: str) -> list[str]:
         """The configs the models trained on ``level`` are evaluated on: the lengthgen level's suite at the
@@ -263,8 +265,8 @@ class CellPlan:
     """One (family, level) of the learning-rate grid: its learning rates on the selection seeds, then its other
     seeds at the rate chosen on validation."""
 
-    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], data_dir):
-        self.grid, self.cell, self.level, self.data_dir = grid, cell, level, data_dir
+    def __init__(self, grid: Grid, cell: str, level: str, done: dict[str, RunResult], data_dir, snapshots=None):
+        self.grid, self.cell, self.level, self.data_dir, self.snapshots = grid, cell, level, data_dir, snapshots
         every = [*grid.selection_specs(cell, level),
                  *(s for lr in grid.lrs(cell) for s in grid.chosen_specs(cell, level, lr))]
         self.results = {s.key: done[s.key] for s in every if s.key in done}
@@ -286,7 +288,7 @@ class CellPlan:
 
     def ready(self) -> list[Job]:
         """Runs not done nor handed out."""
-        jobs = [Job(s.key, run_one, (s, self.data_dir)) for s in self.specs()
+        jobs = [Job(s.key, run_one, (s, self.data_dir, self.snapshots)) for s in self.specs()
                 if s.key not in self.results and s.key not in self.handed]
         self.handed.update(j.key for j in jobs)
         return jobs
@@ -372,6 +374,10 @@ def redo(study: Study, cells: list[str], levels: list[str], label: str) -> int:
             if record["settings"].get("cell") in cells and record["settings"].get("level") in levels]
     for key in keys:
         study.set_aside(saved_files(key), label)
+    for path in study.path(INFLIGHT).glob("*"):  # a run in flight is redone from its start too
+        settings = snapshots.settings_of(path)
+        if settings is None or (settings.get("cell") in cells and settings.get("level") in levels):
+            snapshots.discard(path)
     print(f"--redo {label}: set aside {len(keys)} saved run(s) of {', '.join(cells)} on {', '.join(levels)} in "
           f"{target}; they are redone now", flush=True)
     return len(keys)
@@ -421,6 +427,7 @@ class Driver:
         write_events(result, self.study.path("events", spec.key))
         self.study.save(spec.key, {"settings": dataclasses.asdict(spec), "result": dataclasses.asdict(result),
                                    "attempts": finished.attempts})
+        snapshots.discard(self.study.path(INFLIGHT, spec.key))  # only now: the record is safe
         print(f"{spec.cell:<12} {spec.level:<10} lr {spec.lr:<6g} seed {spec.seed}: {result.outcome()}; test accuracy "
               f"{result.test_accuracy:.4f}, {result.wrong_of_2560} of 2560 wrong, {result.wall_time_s:.0f} s"
               + (f" (attempt {finished.attempts})" if finished.attempts > 1 else ""), flush=True)
@@ -466,7 +473,7 @@ def run_grid(args: argparse.Namespace) -> int:
                 ensure_built(splits.SplitSpec.parse(config), args.data_dir)
         evaluated = {p.stem: set(json.loads(p.read_text())) for p in study.path("lengthgen").glob("*.json")}
         driver = Driver(study, keep_params=any(grid.lengthgen_configs(lv) for _, lv in pairs), evaluated=evaluated)
-        plans = [grid.plan(c, lv, done, args.data_dir, driver.set_aside) for c, lv in pairs]
+        plans = [grid.plan(c, lv, done, args.data_dir, driver.set_aside, study.path(INFLIGHT)) for c, lv in pairs]
         if args.protocol == "tuned":  # the searches replayed from the saved runs: every run they know of
             study.check_runs({s.key: dataclasses.asdict(s) for plan in plans for s in plan.known_specs()}, defaults)
         # A model's evaluation at length goes before its pair's next runs: results arrive as early as they can.
@@ -476,6 +483,10 @@ def run_grid(args: argparse.Namespace) -> int:
         finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
             print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
+        resuming = sorted(p.name for p in study.path(INFLIGHT).glob("*") if p.is_dir())
+        if resuming:
+            print(f"{len(resuming)} run(s) stopped mid-way resume from their snapshots in {study.path(INFLIGHT)}: "
+                  f"{', '.join(resuming)}", flush=True)
         with Pool(args.workers, args.address) as pool:
             print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
             failed = pool.run(plans, driver.on_done, total=grid.total(), done_before=finished_before)

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import jax
@@ -25,6 +26,7 @@ from pipelines.engine.config import TrainConfig
 from pipelines.engine.loop import STOPPED, Diverged, Every, train_steps
 from pipelines.engine.model import create_model, skipped_updates
 from pipelines.engine.session import Session
+from pipelines.engine.snapshots import Snapshots
 from pipelines.engine.state import SplitModel
 from qrsu_data.splits import SplitSpec
 
@@ -150,21 +152,35 @@ Monitor = Callable[[int, float], bool]
 (a tuning search's pruner)."""
 
 
-def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: Monitor | None = None
-            ) -> tuple[RunResult, dict]:
+def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, snapshots: str | os.PathLike | None = None,
+            monitor: Monitor | None = None) -> tuple[RunResult, dict]:
     """Trains ``spec.cell`` on ``spec.level`` from ``spec.seed`` until solved or ``spec.budget`` training sequences;
-    returns the result and the final parameters."""
+    returns the result and the final parameters. With ``snapshots`` (a study's folder of them), the run saves
+    itself there as it goes and resumes from its snapshot (:mod:`pipelines.engine.snapshots`)."""
     if spec.budget <= 0 or spec.check_every <= 0:
         raise ValueError(f"budget and check_every must be positive, got {spec.budget} and {spec.check_every}")
     config = spec.config(data_dir)
     t0 = time.perf_counter()
+    snap = (Snapshots(Path(snapshots) / spec.key, dataclasses.asdict(spec))
+            if snapshots is not None and spec.initial_state != "passed" else None)
     with Session.open(config, eval_batch_size=EVAL_BATCH) as session:
         rule = _StopRule(session, monitor, spec.prune_below, spec.solved_error, stop_solved=not spec.train_through)
+        earlier = 0.0  # seconds the run took before its snapshot
+        if snap is not None:
+            saved = snap.restore(session)
+            if saved is not None:
+                rule.load(saved)
+                earlier = saved["elapsed_s"]
+            rule.on_continue = lambda: snap.due() and snap.save(session, {
+                **rule.saved(), "elapsed_s": earlier + time.perf_counter() - t0})
         try:
             stopped = train_steps(session, spec.steps, [Every(spec.steps_per_check, rule.check)]) == STOPPED
             ended = SOLVED if rule.solved else PRUNED if stopped else NOT_SOLVED
         except Diverged:
             ended = DIVERGED
+        finally:
+            if snap is not None:
+                snap.close()
         # The model that stopped, on the test split it never chose by: the whole split, and the 1997 figure.
         test = session.evaluator.predict(session.state.params, session.dataset, "test", data_dir=data_dir)
         params = jax.device_get(session.state.params)
@@ -176,8 +192,8 @@ def run_one(spec: RunSpec, data_dir: str | os.PathLike | None = None, monitor: M
     to_solve = rule.first_solved if solved else None
     result = RunResult(spec.cell, spec.level, spec.seed, solved, to_solve,
                        session.sequences_seen, test.metrics()["accuracy"], wrong_of_2560,
-                       round(time.perf_counter() - t0, 1), rule.curve, session.parameters, session.state_size,
-                       rule.accuracy, spec.lr, ended, spec.role, spec.budget, skipped)
+                       round(earlier + time.perf_counter() - t0, 1), rule.curve, session.parameters,
+                       session.state_size, rule.accuracy, spec.lr, ended, spec.role, spec.budget, skipped)
     return result, params
 
 
@@ -193,6 +209,17 @@ class _StopRule:
         self.accuracy: float | None = None
         self.solved = False
         self.first_solved: int | None = None  # the sequences seen at the first check that met the rule
+        self.on_continue: Callable[[], Any] | None = None  # after a check that lets the run go on (a snapshot)
+
+    def saved(self) -> dict:
+        """The checks so far, as JSON (a snapshot's)."""
+        return {"curve": self.curve, "accuracy": self.accuracy, "solved": self.solved,
+                "first_solved": self.first_solved}
+
+    def load(self, saved: dict) -> None:
+        """Takes up the checks of :meth:`saved`."""
+        self.curve = [tuple(point) for point in saved["curve"]]
+        self.accuracy, self.solved, self.first_solved = saved["accuracy"], saved["solved"], saved["first_solved"]
 
     def check(self, step: int) -> bool:
         """Whether to stop after ``step``: solved, or the monitor says so."""
@@ -214,7 +241,10 @@ class _StopRule:
         # A tuning run clearly behind the finished runs of its search at this check stops here (pruned).
         trailing = check < len(self.prune_below) and accuracy < self.prune_below[check]
         monitored = bool(self.monitor is not None and self.monitor(s.sequences_seen, accuracy))
-        return (self.solved and self.stop_solved) or trailing or monitored
+        stop = (self.solved and self.stop_solved) or trailing or monitored
+        if not stop and self.on_continue is not None:
+            self.on_continue()
+        return stop
 
 
 def write_events(result: RunResult, logdir: Path) -> None:

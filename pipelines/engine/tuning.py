@@ -111,7 +111,7 @@ class TunedPlan:
     def __init__(self, base: RunSpec, space: SearchSpace, done: dict[str, RunResult], *, configs: int = 8,
                  wave: int = 2, search_seeds: Sequence[int] = (100, 101), final_seeds: Sequence[int] = (0, 1, 2, 3, 4),
                  confirm: int = 2, confirm_seeds: Sequence[int] = (102, 103), final_budget: int | None = None,
-                 data_dir=None,
+                 data_dir=None, snapshots=None,
                  on_chosen: Callable[[TunedPlan], None] | None = None,
                  on_superseded: Callable[[list[RunSpec]], None] | None = None):
         import warnings
@@ -121,6 +121,7 @@ class TunedPlan:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate TPE
         self.base, self.space, self.results, self.data_dir = base, space, done, data_dir  # results: shared
+        self.snapshots = snapshots  # where its runs save themselves mid-way (None: they do not)
         self.configs, self.wave = configs, wave
         self.search_seeds, self.final_seeds = tuple(search_seeds), tuple(final_seeds)
         self.confirm, self.confirm_seeds = confirm, tuple(confirm_seeds)
@@ -283,7 +284,7 @@ class TunedPlan:
     def ready(self) -> list[Job]:
         """The proposed configurations' runs, then the final seeds', not done nor handed out."""
         specs = self.known_specs()
-        jobs = [Job(s.key, run_one, (s, self.data_dir)) for s in specs
+        jobs = [Job(s.key, run_one, (s, self.data_dir, self.snapshots)) for s in specs
                 if s.key not in self.results and s.key not in self.handed]
         self.handed.update(j.key for j in jobs)
         return jobs
