@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         if args.replot:
+            if args.redo is not None:  # a replot only redraws: it would silently redo nothing
+                raise ValueError("--redo does nothing with --replot, which only redraws the tables of a study; run "
+                                 "the --redo command without --replot")
             return replot(Path(args.replot))
         if args.quick:  # its settings, except those given on the command line
             defaults = parser().parse_args([])

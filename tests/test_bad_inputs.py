@@ -121,6 +121,7 @@ CASES = [
     ("experiment", ["--confirm-seeds", "100", "104"], 2, "--confirm-seeds must be distinct and apart from"),
     ("experiment", ["--cells", "gru", "--redo", "../x"], 2, "--redo takes a label for the folder superseded/LABEL"),
     ("experiment", ["--redo", "fix"], 2, "--redo sets aside every saved run of --cells on --levels, and these are all"),
+    ("experiment", ["--replot", "NEW", "--cells", "gru", "--redo", "fix"], 2, "--redo does nothing with --replot"),
     ("experiment", ["--confirm", "-1"], 2, "--confirm must be 0 (no confirmation) or more, got -1"),
     ("experiment", ["--lengthgen-lengths", "50"], 2, "hard-len50"),
     ("experiment", ["--budget", "0"], 2, "--budget must be positive, got 0"),
