@@ -73,19 +73,17 @@ class Checkpointer:
         """Checkpoint ``step``: (state shaped like ``target``, meta), ``data_iterator`` moved to its position."""
         try:
             return self._restore(step, target, data_iterator)
-        except Exception:
-            if not isinstance(target.opt_state, optax.ApplyIfFiniteState):
+        except Exception as error:
+            skip = target.opt_state
+            if not isinstance(skip, optax.ApplyIfFiniteState):
                 raise
             # A checkpoint written before the optimizer skipped non-finite gradients holds the inner optimizer's
             # state alone: restore that, with the skip's counters fresh (``target``'s, from a new state).
-            skip = target.opt_state
             try:
                 state, meta = self._restore(step, target._replace(opt_state=skip.inner_state), data_iterator)
             except Exception:
-                pass
-            else:
-                return state._replace(opt_state=skip._replace(inner_state=state.opt_state)), meta
-            raise
+                raise error from None  # not that layout either: the first error is the one that explains
+            return state._replace(opt_state=skip._replace(inner_state=state.opt_state)), meta
 
     def _restore(self, step: int, target: TrainState, data_iterator: Any) -> tuple[TrainState, dict]:
         restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
 from pipelines.engine.config import ACCELERATOR_UNROLL, TrainConfig
+from pipelines.engine.sharding import local_value
 from qrsu_models import registry
 
 
@@ -46,8 +46,9 @@ def create_tx(config: TrainConfig) -> optax.GradientTransformation:
     """The configured optimizer: Adam (AdamW with weight decay) or plain SGD, a linear warm-up and a cosine decay
     if asked, global-norm gradient clipping when ``clip_norm`` > 0, a step whose gradient is not finite skipped."""
     # A gradient can exceed float32's range while the loss and weights are modest (the GRU on `nightmare`: 4-7e38
-    # in float64, docs/leaderboard.md); applied, it turns every weight NaN. Skipping that step, as mixed-precision
-    # training does, leaves every run that never meets one exactly as it was.
+    # in float64, docs/leaderboard.md); engine.gradient recomputes such a gradient, and one still not finite is
+    # skipped here, as mixed-precision training does. A run that never meets one trains as before, to float
+    # rounding (the skip's branch compiles the update a little differently).
     return optax.apply_if_finite(base_tx(config), NONFINITE_SKIP_LIMIT)
 
 
@@ -72,6 +73,4 @@ def skipped_updates(opt_state: Any) -> int:
     """Optimizer steps skipped so far because their gradient was not finite (0 for an optimizer without the skip)."""
     if not isinstance(opt_state, optax.ApplyIfFiniteState):
         return 0
-    count = opt_state.total_notfinite
-    # Replicated over the mesh: this process's copy is the value (as loop.check_finite reads the loss).
-    return int(np.asarray(count.addressable_data(0) if isinstance(count, jax.Array) else count))
+    return int(local_value(opt_state.total_notfinite))

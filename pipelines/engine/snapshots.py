@@ -42,12 +42,7 @@ class Snapshots:
         is no usable snapshot."""
         if not self.checkpointer.steps():
             return None
-        path = self.directory / SETTINGS
-        try:
-            same = json.loads(path.read_text()) == self.settings
-        except (OSError, ValueError):
-            same = False
-        if same:
+        if settings_of(self.directory) == self.settings:
             try:
                 step, state, meta, _ = self.checkpointer.restore_newest(session.state, session.train_iter)
             except CheckpointError:
@@ -56,6 +51,7 @@ class Snapshots:
                 session.step, session.state = step, state
                 return meta
         discard(self.directory)  # another run's, or damaged: this run starts afresh
+        self.checkpointer.close()
         self.checkpointer = Checkpointer(self.directory, max_to_keep=1)
         return None
 

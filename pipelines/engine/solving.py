@@ -15,8 +15,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
