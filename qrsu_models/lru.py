@@ -10,6 +10,12 @@ and the normalisation ``gamma_j = sqrt(1 - |lambda_j|^2)`` (a trained parameter,
 there). B, C complex (N x H, H x N), D real. Blocks: x + GLU(GELU(LRU(LayerNorm(x)))) (:class:`stack.GLUBlock`),
 stacked; the classifier reads the last real token (:class:`stack.StackClassifier`).
 
+The default ring is the paper's setting for its longest task (PathX): ``|lambda|`` in [0.999, 0.9999], phases
+in [0, pi/10]. The paper's general one, [0.9, 0.999] with phases in [0, pi] (options ``r_min``, ``r_max``,
+``theta_max``), solves ``hard`` but never rose above chance on ``nightmare`` (lengths 300-500) in 26 runs at
+learning rates 1e-4 to 3e-2; with the long-range ring it solves ``nightmare`` (docs/leaderboard.md,
+"Contradictions investigated"). Neither the ring nor the small phases alone were enough there.
+
 The recurrence is :func:`qrsu_models.scan.linear_scan` (option ``scan``) with ``a_t = lambda`` and
 ``b_t = gamma * B u_t``, the input projection computed for all steps at once outside the scan; ``b_t`` is
 masked to 0 at padded steps.
@@ -95,7 +101,7 @@ class LRUClassifier(stack.StackClassifier):
     """Token ids -> embedding -> ``layers`` x [x + GLU(GELU(LRU(LayerNorm(x))))] -> LayerNorm -> last token -> head."""
 
     def __init__(self, *, num_classes: int, vocab_size: int = task.VOCAB_SIZE, hidden: int = 64, layers: int = 1,
-                 state: int = 64, r_min: float = 0.9, r_max: float = 0.999, theta_max: float = math.pi,
+                 state: int = 64, r_min: float = 0.999, r_max: float = 0.9999, theta_max: float = math.pi / 10,
                  scan: str = "auto", rngs: nnx.Rngs):
         stack.check_positive("state", state)
         if not 0.0 <= r_min < r_max < 1.0:

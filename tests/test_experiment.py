@@ -115,7 +115,9 @@ def test_redo_sets_a_familys_runs_aside_and_runs_them_again(first, data_dir, tmp
         (out / "inflight" / key / "settings.json").write_text(json.dumps({"cell": cell, "level": "easy"}))
     assert gru and experiment.main(["--quick", "--cells", "gru", "--redo", "fix", "--data-dir", data_dir,
                                     "--out", os.fspath(out)]) == 0
-    assert f"set aside {len(gru)} saved run(s) of gru on easy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"set aside {len(gru)} saved run(s) of gru on easy" in printed
+    assert "lstm-easy-lr0.002-seed9" not in printed  # another family's snapshot is not this command's to resume
     assert {p.stem for p in (out / "superseded" / "fix" / "runs").glob("*.json")} == gru
     assert [p.name for p in (out / "inflight").iterdir()] == ["lstm-easy-lr0.002-seed9"]  # the gru's snapshot too
     assert {p.name for p in (out / "superseded" / "fix" / "lengthgen").glob("*.json")} == {

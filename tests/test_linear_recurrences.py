@@ -295,6 +295,10 @@ def test_the_lru_starts_on_its_ring_and_mamba_with_its_papers_init():
     assert modulus.min() >= 0.95 - 1e-6 and modulus.max() <= 0.99 + 1e-6 and modulus.std() > 0
     gamma = np.exp(np.asarray(lru.blocks[0].mixer.gamma_log[...]))
     np.testing.assert_allclose(gamma, np.sqrt(1 - modulus ** 2), rtol=1e-5)
+    # The default is the paper's long-range (PathX) ring and phases, which nightmare needs.
+    default = np.asarray(registry.get("lru").build(num_classes=4, max_length=8, seed=0).blocks[0].mixer.eigenvalues())
+    assert np.abs(default).min() >= 0.999 - 1e-6 and np.abs(default).max() <= 0.9999 + 1e-6
+    assert 0 <= np.angle(default).min() and np.angle(default).max() <= np.pi / 10 + 1e-6 and np.angle(default).std() > 0
     mamba = registry.get("mamba").build(num_classes=4, max_length=8, seed=0).blocks[0].mixer
     np.testing.assert_allclose(-np.exp(np.asarray(mamba.a_log[...]))[0], -np.arange(1, 17), rtol=1e-6)
     dt = np.asarray(jax.nn.softplus(mamba.dt_proj.bias[...]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,8 +52,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "kernels"),
     Family("gru", 80, (1e-3, 2e-3, 4e-3), "flax's: lecun-normal input, orthogonal recurrent, zero biases"),
     Family("rnn", 136, (1e-3, 2e-3, 4e-3), "flax's SimpleCell: lecun-normal input, orthogonal recurrent"),
-    Family("lru", 64, (1e-3, 3e-3, 1e-2), "the paper's: |lambda| uniform on the ring [0.9, 0.999], phases in "
-           "[0, pi], gamma = sqrt(1 - |lambda|^2), B and C complex Glorot-scaled"),
+    Family("lru", 64, (1e-3, 3e-3, 1e-2), "the paper's for long ranges (its PathX): |lambda| uniform on the ring "
+           "[0.999, 0.9999], phases in [0, pi/10], gamma = sqrt(1 - |lambda|^2), B and C complex Glorot-scaled",
+           options=(("r_max", 0.9999), ("r_min", 0.999), ("theta_max", math.pi / 10))),
     Family("mingru", 72, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
     Family("minlstm", 64, (1e-3, 3e-3, 1e-2), "flax's Linear defaults (lecun-normal, zero biases)"),
     Family("mingru3", 42, (1e-3, 3e-3, 1e-2), "as mingru, 3 blocks (the depth of its paper's experiments)"),
@@ -483,7 +485,9 @@ def run_grid(args: argparse.Namespace) -> int:
         finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
             print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
-        resuming = sorted(p.name for p in study.path(INFLIGHT).glob("*") if p.is_dir())
+        # Only this command's runs: a snapshot of a cell left out of --cells/--levels waits for its own command.
+        selected = tuple(f"{c}-{lv}-" for c, lv in pairs)
+        resuming = sorted(p.name for p in study.path(INFLIGHT).glob("*") if p.is_dir() and p.name.startswith(selected))
         if resuming:
             print(f"{len(resuming)} run(s) stopped mid-way resume from their snapshots in {study.path(INFLIGHT)}: "
                   f"{', '.join(resuming)}", flush=True)
