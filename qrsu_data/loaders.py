@@ -309,17 +309,18 @@ def eval_loader(config: str, split: str = "test", *, batch_size: int, data_dir: 
                 padding: str = "pre", pad_id: int = PAD_ID, num_threads: int = DEFAULT_NUM_THREADS,
                 prefetch: int = DEFAULT_PREFETCH, worker_count: int = 0, shard_index: int | None = None,
                 shard_count: int | None = None, build_if_missing: bool = False,
-                limit: int | None = None) -> Iterable[dict[str, np.ndarray]]:
-    """One ordered pass over a split (or its first ``limit`` examples): every example exactly once, with its
-    record ``index``, the last batch filled with mask=False rows."""
+                limit: int | None = None, start: int = 0) -> Iterable[dict[str, np.ndarray]]:
+    """One ordered pass over a split (or its first ``limit`` examples, from example ``start`` on): every example
+    exactly once, with its record ``index``, the last batch filled with mask=False rows."""
     arrays, data_dir = _common(config, split, data_dir, batch_size, padding, pad_id, build_if_missing)
     index, count = _shard(shard_index, shard_count)
     total = len(arrays) if limit is None else min(_check_int("limit", limit, 1), len(arrays))
-    indices = np.array_split(np.arange(total), count)[index]
+    start = _check_int("start", start, 0, total)
+    indices = np.array_split(np.arange(start, total), count)[index]
     # Every shard yields the same number of batches, so multi-host evaluation steps stay in lockstep; a shard
     # with fewer examples gets more masked-out rows (possibly a whole masked batch), never one batch fewer.
-    ds = _SequentialIndexBatches(indices, batch_size, num_eval_batches(total, batch_size, count),
-                                 filler=int(indices[0]) if len(indices) else 0)
+    ds = _SequentialIndexBatches(indices, batch_size, num_eval_batches(total - start, batch_size, count),
+                                 filler=int(indices[0]) if len(indices) else start)
     ds = ds.map(_Gather(config, split, data_dir, padding, pad_id, arrays, with_index=True))
     return _to_iter(ds, num_threads, prefetch, worker_count)
 

@@ -229,6 +229,18 @@ def test_eval_sees_every_example_exactly_once_and_masks_the_filler(data_dir):
         assert real == list(range(250))
 
 
+def test_eval_from_an_example_on_goes_on_where_an_earlier_pass_stopped(data_dir):
+    # A stopped evaluation at length resumes so (pipelines.engine.snapshots.Tally).
+    ids = _row_ids(data_dir, HARD, "test")
+    batches = list(loaders.eval_loader(HARD, batch_size=64, data_dir=data_dir, start=100, limit=230, **ONE_SHARD))
+    assert [int(b["mask"].sum()) for b in batches] == [64, 64, 2] and len(batches) == loaders.num_eval_batches(130, 64)
+    assert [ids[row.tobytes()] for b in batches for row in b["tokens"][b["mask"]]] == list(range(100, 230))
+    assert [int(i) for b in batches for i in b["index"][b["mask"]]] == list(range(100, 230))
+    for start in (-1, 230):
+        with pytest.raises(ValueError, match=r"start must be in \[0, 230\)"):
+            loaders.eval_loader(HARD, batch_size=64, data_dir=data_dir, start=start, limit=230, **ONE_SHARD)
+
+
 @pytest.mark.parametrize("count", [2, 3, 7])
 def test_sharded_eval_covers_the_split_once_in_lockstep(data_dir, count):
     ids = _row_ids(data_dir, HARD, "test")

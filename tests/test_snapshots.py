@@ -11,7 +11,7 @@ from pipelines.engine import snapshots
 from pipelines.engine.grid import Driver
 from pipelines.engine.pool import Finished, Job
 from pipelines.engine.snapshots import INFLIGHT
-from pipelines.engine.solving import RunSpec, run_one
+from pipelines.engine.solving import RunSpec, flat_params, run_one
 from pipelines.engine.study import Study
 
 SPEC = RunSpec("lstm", "easy", 0, budget=1600, check_every=160, lr=3e-3, solved_error=0.0)  # solves at the 5th check
@@ -90,3 +90,39 @@ def test_every_run_of_a_study_saves_its_snapshots_in_the_studys_folder(protocol,
     plan = grid_lib.Grid(args).plan("lstm", "easy", {}, None, None, tmp_path / INFLIGHT)
     jobs = plan.ready()
     assert jobs and all(job.fn is run_one and job.args[2] == tmp_path / INFLIGHT for job in jobs)
+
+
+def test_a_stopped_evaluation_at_length_goes_on_from_its_tally_to_the_count_of_one_never_stopped(
+        easy_data_dir, tmp_path, monkeypatch):
+    from pipelines.engine import grid
+    from qrsu_data import task
+
+    monkeypatch.setattr(grid, "EVAL_BATCH_TOKENS", 40 * task.get_level("easy").max_length)  # batches of 40
+    spec = dataclasses.replace(SPEC, budget=320)
+    params = flat_params(run_one(spec, easy_data_dir)[1])  # as the study saves a model
+    whole = grid.evaluate_lengths(spec, params, ["easy"], easy_data_dir, limit=150)  # one pass, nothing saved
+    inflight = tmp_path / INFLIGHT
+    tally = inflight / grid.tally_name(spec, "easy")
+    seen: list[int] = []
+    with pytest.raises(_Killed):
+        grid.evaluate_lengths(spec, params, ["easy"], easy_data_dir, limit=150, inflight=inflight,
+                              monitor=_watch(seen, kill_at=2))
+    assert seen == [40, 80] and json.loads((tally / "tally.json").read_text())["scored"] == 80
+    seen.clear()
+    resumed = grid.evaluate_lengths(spec, params, ["easy"], easy_data_dir, limit=150, inflight=inflight,
+                                    monitor=_watch(seen))
+    assert seen == [120, 150]  # from its third batch, not from the start
+    assert resumed == whole and 0.0 <= whole["easy"] <= 1.0
+    # A tally of other settings (another limit) is not used: that evaluation starts afresh.
+    seen.clear()
+    other = grid.evaluate_lengths(spec, params, ["easy"], easy_data_dir, limit=100, inflight=inflight,
+                                  monitor=_watch(seen))
+    assert seen == [40, 80, 100] and json.loads((tally / "tally.json").read_text())["scored"] == 100
+    assert other == grid.evaluate_lengths(spec, params, ["easy"], easy_data_dir, limit=100)
+    # The driver removes the tally once the evaluation's record is written, not before.
+    with Study(tmp_path, "experiment") as study:
+        job = Job(grid.eval_key(spec, "easy"), grid.evaluate_lengths,
+                  (spec, params, ["easy"], easy_data_dir, 100, inflight))
+        Driver(study, keep_params=False).on_done(Finished(job, other, 1))
+        assert json.loads(study.path("lengthgen", f"{spec.key}.json").read_text()) == other
+    assert not tally.exists()

@@ -58,13 +58,14 @@ class Evaluator:
                              out_shardings=(sharding.batch, sharding.batch))
 
     def predict(self, params: dict, config: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
-                limit: int | None = None) -> Predictions:
-        """Predictions for every example of ``split`` of ``config`` (or its first ``limit``), in record order."""
+                limit: int | None = None, start: int = 0) -> Predictions:
+        """Predictions for every example of ``split`` of ``config`` (or its first ``limit``, from ``start`` on), in
+        record order."""
         # Each process reads its shard; put_batch assembles the global batch from all of them.
         local_batch_size = self.batch_size // jax.process_count()
         columns: dict[str, list[np.ndarray]] = {"index": [], "mask": [], "label": [], "predicted": [], "losses": []}
         for batch in loaders.eval_loader(config, split, batch_size=local_batch_size, data_dir=data_dir,
-                                         padding=self.model.padding, limit=limit):
+                                         padding=self.model.padding, limit=limit, start=start):
             predicted, losses = self._step(params, self.sharding.put_batch(
                 {k: batch[k] for k in ("tokens", "lengths", "label")}))
             for key, value in (("index", batch["index"]), ("mask", batch["mask"]), ("label", batch["label"]),
@@ -75,8 +76,9 @@ class Evaluator:
         n = int(keep.sum())
         order = np.argsort(out["index"][keep], kind="stable")
         index = out["index"][keep][order]
-        if not np.array_equal(index, np.arange(n)):
-            raise RuntimeError(f"evaluation saw examples {index[:5]}... instead of each of 0..{n - 1} once")
+        if not np.array_equal(index, np.arange(start, start + n)):
+            raise RuntimeError(f"evaluation saw examples {index[:5]}... instead of each of {start}..{start + n - 1} "
+                               f"once")
         return Predictions(out["label"][keep][order], out["predicted"][keep][order], out["losses"][keep][order])
 
     def evaluate(self, params: dict, config: str, split: str = "test", *,

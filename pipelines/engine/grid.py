@@ -245,10 +245,15 @@ class Grid:
         return getattr(self.args, "eval_limit", None) or LENGTHGEN_LIMIT
 
 
+EVAL_BATCH_TOKENS = 1_000_000
+"""Tokens per batch of an evaluation at length (at most 1,024 sequences)."""
+
+
 def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[str], data_dir,
-                     limit: int = LENGTHGEN_LIMIT, monitor=None) -> dict[str, float]:
+                     limit: int = LENGTHGEN_LIMIT, inflight=None, monitor=None) -> dict[str, float]:
     """Test accuracy of the model of run ``spec`` with parameters ``flat`` (solving.flat_params) on each suite
-    config (its first ``limit`` test sequences); a task of the pool."""
+    config (its first ``limit`` test sequences); a task of the pool. With ``inflight`` (a study's folder of
+    snapshots) each config's count is saved batch by batch and a stopped evaluation goes on where it was."""
     model, params = model_with_params(spec, flat, data_dir)
     sharding = Sharding.create()
     record = {}
@@ -256,11 +261,30 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
         dataset = splits.SplitSpec.parse(config)
         ensure_built(dataset, data_dir)
         # Batches of at most ~1M tokens: the Transformer's attention grows with the square of length.
-        batch = max(sharding.num_devices, min(1024, 1_000_000 // dataset.level_def.max_length))
+        batch = max(sharding.num_devices, min(1024, EVAL_BATCH_TOKENS // dataset.level_def.max_length))
         batch -= batch % sharding.num_devices
-        record[config] = Evaluator(model, sharding, batch).evaluate(params, dataset, "test", data_dir=data_dir,
-                                                                    limit=limit)["accuracy"]
+        evaluator = Evaluator(model, sharding, batch)
+        if inflight is None:
+            record[config] = evaluator.evaluate(params, dataset, "test", data_dir=data_dir, limit=limit)["accuracy"]
+            continue
+        tally = snapshots.Tally(Path(inflight) / tally_name(spec, config),
+                                {**dataclasses.asdict(spec), "evaluate": config, "limit": limit})
+        scored, wrong = tally.restore()
+        total = min(limit, dataset.size("test")) if limit else dataset.size("test")
+        while scored < total:  # one batch at a time, each counted and saved as it is done
+            predictions = evaluator.predict(params, dataset, "test", data_dir=data_dir, limit=min(scored + batch, total),
+                                            start=scored)
+            scored, wrong = scored + len(predictions.labels), wrong + predictions.wrong
+            tally.save(scored, wrong)
+            if monitor is not None:
+                monitor(scored, 1.0 - wrong / scored)
+        record[config] = 1.0 - wrong / total
     return record
+
+
+def tally_name(spec: RunSpec, config: str) -> str:
+    """The folder of inflight/ where the evaluation of run ``spec``'s model on ``config`` keeps its count."""
+    return f"{spec.key}@{config}"
 
 
 class CellPlan:
@@ -321,9 +345,9 @@ class LengthPlan:
     Transformer's at 10,000 alone takes minutes) and one model's configs can go to several workers."""
 
     def __init__(self, source, configs: list[str], evaluated: dict[str, set[str]], params_of, data_dir,
-                 limit: int = LENGTHGEN_LIMIT):
+                 limit: int = LENGTHGEN_LIMIT, inflight=None):
         self.source, self.configs, self.params_of, self.data_dir = source, configs, params_of, data_dir
-        self.limit = limit
+        self.limit, self.inflight = limit, inflight
         self.evaluated = evaluated  # run key -> configs evaluated; shared with the Driver, which sets runs aside
         self.handed: set[str] = set()
 
@@ -340,8 +364,8 @@ class LengthPlan:
             missing = [c for c in self._missing(spec) if eval_key(spec, c) not in self.handed]
             params = self.params_of(spec) if missing else None
             if params is not None:
-                jobs += [Job(eval_key(spec, c), evaluate_lengths, (spec, params, [c], self.data_dir, self.limit))
-                         for c in missing]
+                jobs += [Job(eval_key(spec, c), evaluate_lengths,
+                             (spec, params, [c], self.data_dir, self.limit, self.inflight)) for c in missing]
         self.handed.update(j.key for j in jobs)
         return jobs
 
@@ -421,6 +445,8 @@ class Driver:
             path = self.study.path("lengthgen", f"{job.args[0].key}.json")
             record = json.loads(path.read_text()) if path.is_file() else {}
             reporting.write_json(path, {**record, **finished.outcome})
+            for config in finished.outcome:  # only now: the record is safe
+                snapshots.discard(self.study.path(INFLIGHT, tally_name(job.args[0], config)))
             return
         spec: RunSpec = job.args[0]
         result, params = finished.outcome
@@ -481,7 +507,7 @@ def run_grid(args: argparse.Namespace) -> int:
         # A model's evaluation at length goes before its pair's next runs: results arrive as early as they can.
         plans = [p for plan, (_, lv) in zip(plans, pairs) for p in (
             [LengthPlan(plan, grid.lengthgen_configs(lv), evaluated, driver.params_of, args.data_dir,
-                        grid.eval_limit())] if grid.lengthgen_configs(lv) else []) + [plan]]
+                        grid.eval_limit(), study.path(INFLIGHT))] if grid.lengthgen_configs(lv) else []) + [plan]]
         finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
             print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
@@ -489,7 +515,8 @@ def run_grid(args: argparse.Namespace) -> int:
         selected = tuple(f"{c}-{lv}-" for c, lv in pairs)
         resuming = sorted(p.name for p in study.path(INFLIGHT).glob("*") if p.is_dir() and p.name.startswith(selected))
         if resuming:
-            print(f"{len(resuming)} run(s) stopped mid-way resume from their snapshots in {study.path(INFLIGHT)}: "
+            print(f"{len(resuming)} run(s) or evaluation(s) stopped mid-way resume from their snapshots in "
+                  f"{study.path(INFLIGHT)}: "
                   f"{', '.join(resuming)}", flush=True)
         with Pool(args.workers, args.address) as pool:
             print(f"Running the grid on {pool.capacity} worker(s).", flush=True)

@@ -7,6 +7,10 @@ Started again, the run restores it and goes on: the same steps on the same batch
 never stopped. The driver removes the snapshot once the run's record is written. A snapshot of other settings,
 or one that cannot be read, is discarded and the run starts afresh. A run with state passing takes none: the
 states it carries between batches are not saved, so it restarts.
+
+An evaluation at length keeps a :class:`Tally` in ``<study>/inflight/<run key>@<config>/``: the examples it has
+scored and how many were wrong, saved after every batch (a Transformer's batch at length 10,000 is minutes of
+work), so a stopped evaluation goes on from its next batch with the same count as one never stopped.
 """
 
 from __future__ import annotations
@@ -82,3 +86,30 @@ def settings_of(directory: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads((Path(directory) / SETTINGS).read_text())
     except (OSError, ValueError):
         return None
+
+
+class Tally:
+    """The examples an evaluation of ``settings`` has scored and how many were wrong, kept in ``directory``."""
+
+    FILE = "tally.json"
+
+    def __init__(self, directory: str | os.PathLike, settings: dict[str, Any]):
+        self.directory = Path(directory)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back: tuples are lists
+
+    def restore(self) -> tuple[int, int]:
+        """(examples scored, wrong) so far: (0, 0) without a saved tally of these settings."""
+        if settings_of(self.directory) == self.settings:
+            try:
+                saved = json.loads((self.directory / self.FILE).read_text())
+                return int(saved["scored"]), int(saved["wrong"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        discard(self.directory)  # another evaluation's, or damaged: start afresh
+        return 0, 0
+
+    def save(self, scored: int, wrong: int) -> None:
+        """Records that the first ``scored`` examples are done, ``wrong`` of them wrong."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        reporting.write_json(self.directory / SETTINGS, self.settings)
+        reporting.write_json(self.directory / self.FILE, {"scored": scored, "wrong": wrong})
