@@ -272,8 +272,8 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
         scored, wrong = tally.restore()
         total = min(limit, dataset.size("test")) if limit else dataset.size("test")
         while scored < total:  # one batch at a time, each counted and saved as it is done
-            predictions = evaluator.predict(params, dataset, "test", data_dir=data_dir, limit=min(scored + batch, total),
-                                            start=scored)
+            predictions = evaluator.predict(params, dataset, "test", data_dir=data_dir,
+                                            limit=min(scored + batch, total), start=scored)
             scored, wrong = scored + len(predictions.labels), wrong + predictions.wrong
             tally.save(scored, wrong)
             if monitor is not None:
