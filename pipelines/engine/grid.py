@@ -511,13 +511,14 @@ def run_grid(args: argparse.Namespace) -> int:
         finished_before = sum(plan.finished_count() for plan in plans)
         if finished_before:
             print(f"{finished_before} tasks are done already in {study.out}.", flush=True)
-        # Only this command's runs: a snapshot of a cell left out of --cells/--levels waits for its own command.
-        selected = tuple(f"{c}-{lv}-" for c, lv in pairs)
-        resuming = sorted(p.name for p in study.path(INFLIGHT).glob("*") if p.is_dir() and p.name.startswith(selected))
+        # Only this command's runs, told by their saved settings as --redo tells them: a snapshot of a cell left
+        # out of --cells/--levels waits for its own command.
+        saved = {p.name: snapshots.settings_of(p) or {} for p in study.path(INFLIGHT).glob("*") if p.is_dir()}
+        resuming = sorted(name for name, settings in saved.items()
+                          if (settings.get("cell"), settings.get("level")) in pairs)
         if resuming:
             print(f"{len(resuming)} run(s) or evaluation(s) stopped mid-way resume from their snapshots in "
-                  f"{study.path(INFLIGHT)}: "
-                  f"{', '.join(resuming)}", flush=True)
+                  f"{study.path(INFLIGHT)}: {', '.join(resuming)}", flush=True)
         with Pool(args.workers, args.address) as pool:
             print(f"Running the grid on {pool.capacity} worker(s).", flush=True)
             failed = pool.run(plans, driver.on_done, total=grid.total(), done_before=finished_before)

@@ -110,6 +110,6 @@ class Tally:
 
     def save(self, scored: int, wrong: int) -> None:
         """Records that the first ``scored`` examples are done, ``wrong`` of them wrong."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        reporting.write_json(self.directory / SETTINGS, self.settings)
+        if not self.directory.is_dir():  # the first save: restore() removed any folder of other settings
+            reporting.write_json(self.directory / SETTINGS, self.settings)
         reporting.write_json(self.directory / self.FILE, {"scored": scored, "wrong": wrong})
