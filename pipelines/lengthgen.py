@@ -14,7 +14,8 @@ A recipe is how a family is trained on sequences of at most 200 symbols (docs/le
   to length 5,000 comes after solving within 200).
 
 Each (family, recipe) is a learning-rate grid on seed 0, then seeds 1 and 2 at the best rate (the
-leaderboard's protocol version 1, pipelines.engine.grid), and every model of the chosen rate is evaluated on
+leaderboard's protocol version 1, pipelines.engine.grid; its grid holds the family's rates of version 1 and, with
+``--fixed-from``, the rate the leaderboard's tuning chose for it on ``hard``), and every model of the chosen rate is evaluated on
 ``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the length). The recipes
 that start from a given state need a family whose state can be set; the others are left out of their rows and
 said so. ``--pascanu`` instead runs Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
@@ -32,6 +33,7 @@ Writes, into ``--out``: one study folder per recipe (its runs, models and evalua
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +43,9 @@ from pathlib import Path
 
 from pipelines.engine import reporting
 from pipelines.engine.errors import guarded
-from pipelines.engine.grid import FAMILIES, Family, run_grid, saved_lengthgen
+from pipelines.engine import leaderboard
+from pipelines.engine.grid import FAMILIES, KIND, Family, results_of, run_grid, saved_lengthgen
+from pipelines.engine.study import Study
 from qrsu_data import task
 from qrsu_models import registry
 
@@ -84,8 +88,22 @@ def pascanu_config(length: int) -> str:
     return f"len{length}_pos{tenth}to{2 * tenth - 1}_pos{length // 2}to{length // 2 + tenth - 1}-train1-validation0"
 
 
-def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespace) -> argparse.Namespace:
-    """The grid's settings for one recipe's study."""
+def leaderboard_rates(study: Path) -> dict[str, float]:
+    """family -> the learning rate a leaderboard study's tuning chose for it on ``hard`` (2 significant figures)."""
+    results = results_of(Study(study, KIND)) if (study / "runs").is_dir() else {}
+    chosen = leaderboard.select([r for r in results.values() if r.level == "hard"])
+    return {cell: float(f"{s.lr:.2g}") for (cell, _), s in chosen.items() if s.lr is not None}
+
+
+def matrix_families(rates: dict[str, float]) -> dict[str, Family]:
+    """The matrix's families, each with ``rates``' rate for it (a leaderboard's tuned one) added to its grid."""
+    return {name: dataclasses.replace(f, lrs=tuple(sorted({*f.lrs, rates[name]}))) if name in rates else f
+            for name, f in MATRIX_FAMILIES.items()}
+
+
+def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespace,
+               rates: dict[str, float] | None = None) -> argparse.Namespace:
+    """The grid's settings for one recipe's study (``rates``: a tuned rate per family, added to its grid)."""
     r = RECIPES[recipe]
     return argparse.Namespace(
         cells=cells, levels=[r["level"]], seeds=list(args.seeds or MATRIX_SEEDS), lr_seeds=1, lrs=args.lrs,
@@ -96,7 +114,7 @@ def study_args(recipe: str, cells: list[str], out: Path, args: argparse.Namespac
         train_through=r.get("through", False),
         workers=args.workers, address=args.address, lengthgen_level="hard", lengthgen_lengths=list(args.lengths),
         data_dir=args.data_dir, out=str(out / recipe), configs=8, search_seeds=[100, 101], wave=2,
-        families=MATRIX_FAMILIES, eval_limit=args.eval_sequences)
+        families=matrix_families(rates or {}), eval_limit=args.eval_sequences)
 
 
 def pascanu_level(train_size: int | None) -> str:
@@ -260,7 +278,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="the seeds: the learning rate is chosen on the first (default: 0 1 2; --pascanu: 0-4)")
     p.add_argument("--lrs", nargs="+", type=float, default=None,
-                   help="learning rates tried on the first seed (default: each family's, as the leaderboard's)")
+                   help="learning rates tried on the first seed (default: each family's of the leaderboard's version 1, and "
+                        "with --fixed-from the rate its tuning chose on hard)")
     p.add_argument("--hidden", type=int, default=None, help="width of every family (default: each family's)")
     p.add_argument("--workers", type=int, default=None, help="runs side by side (default: one per core)")
     p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
@@ -269,7 +288,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-from", metavar="DIR", default=None,
                    help="the fixed recipe's rows from a leaderboard study's models trained on hard (DIR: its --out, "
                         "docs/leaderboard2 say; tuned, 5 seeds, evaluated at the same lengths) instead of training "
-                        "them; families it lacks are trained. Recorded in --out for later commands")
+                        "them; families it lacks are trained. Its tuned rates on hard join the other recipes' grids. "
+                        "Recorded in --out for later commands")
     p.add_argument("--replot", action="store_true", help="train nothing: rewrite the matrix from --out's studies")
     return p
 
@@ -311,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         fixed_from, given = fixed_source(out, args.fixed_from)
+        # The other recipes try each family's rate tuned on hard as well as its grid: the grid alone is version 1's,
+        # below the rates the tuning found (minGRU: 0.023 against at most 0.01).
+        rates = leaderboard_rates(fixed_from) if fixed_from is not None else {}
         if args.fixed_from is not None:
             out.mkdir(parents=True, exist_ok=True)
             reporting.write_json(out / FIXED_FROM, {"study": os.path.relpath(fixed_from, out.absolute())})
@@ -327,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not cells:
                     continue
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
-                run_grid(study_args(recipe, cells, out, args))
+                run_grid(study_args(recipe, cells, out, args, rates))
         found = matrix(out, list(RECIPES), given)  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)

@@ -150,9 +150,10 @@ def test_with_one_learning_rate_each_model_is_evaluated_as_its_run_finishes(tmp_
     assert len(jobs) == len(lengthgen.PASCANU_LENGTHS) and not evals.done
 
 
-def _leaderboard_study(study: Path, accuracies: dict[str, list[float]], level: str = "hard") -> Path:
-    """A leaderboard study's saved final runs on ``level`` and their evaluations at length (family -> accuracy at
-    hard-len200, by seed), as pipelines.experiment writes them."""
+def _leaderboard_study(study: Path, accuracies: dict[str, list[float]], level: str = "hard",
+                       lr: float | None = None) -> Path:
+    """A leaderboard study's saved final runs on ``level`` at ``lr`` and their evaluations at length (family ->
+    accuracy at hard-len200, by seed), as pipelines.experiment writes them."""
     import dataclasses
     from pipelines.engine.solving import RunResult
     for folder in ("runs", "lengthgen"):
@@ -160,7 +161,7 @@ def _leaderboard_study(study: Path, accuracies: dict[str, list[float]], level: s
     for cell, per_seed in accuracies.items():
         for seed, accuracy in enumerate(per_seed):
             key = f"{cell}-{level}-final-seed{seed}"
-            result = RunResult(cell, level, seed, True, 3_200, 3_200, 1.0, 0, 1.0, [], role="final")
+            result = RunResult(cell, level, seed, True, 3_200, 3_200, 1.0, 0, 1.0, [], role="final", lr=lr)
             (study / "runs" / f"{key}.json").write_text(json.dumps(
                 {"settings": {"cell": cell, "level": level}, "result": dataclasses.asdict(result)}))
             (study / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
@@ -191,3 +192,37 @@ def test_a_fixed_from_folder_without_hard_models_is_refused_and_nothing_is_writt
         assert lengthgen.main(["--out", os.fspath(tmp_path / "lg"), "--replot", "--fixed-from", os.fspath(source)]) == 2
         assert "no evaluations at length of models trained on hard" in capsys.readouterr().err
     assert not (tmp_path / "lg").exists()
+
+
+def test_the_rate_tuned_on_hard_joins_each_familys_grid(tmp_path):
+    board = _leaderboard_study(tmp_path / "board", {"mingru": [1.0, 1.0]}, lr=0.0229734)
+    _leaderboard_study(tmp_path / "board", {"lstm": [1.0]}, level="easy", lr=0.5)  # another level's: not taken
+    rates = lengthgen.leaderboard_rates(board)
+    assert rates == {"mingru": 0.023}
+    args = lengthgen.parser().parse_args(["--out", os.fspath(tmp_path)])
+    args.budget, args.check_every = lengthgen.BUDGET, lengthgen.CHECK_EVERY
+    grid = grid_lib.Grid(lengthgen.study_args("varied", ["mingru", "lstm"], tmp_path, args, rates))
+    assert grid.lrs("mingru") == (1e-3, 3e-3, 1e-2, 0.023) and grid.lrs("lstm") == (1e-3, 2e-3, 4e-3)
+    assert grid.spec("mingru", "hard-var50to200", 0.023, 0).key.endswith("-lr0.023-seed0")
+    # --lrs still decides alone.
+    args.lrs = [0.004]
+    assert grid_lib.Grid(lengthgen.study_args("varied", ["mingru"], tmp_path, args, rates)).lrs("mingru") == (0.004,)
+
+
+def test_a_row_holds_the_evaluations_of_its_chosen_rate_only(tmp_path):
+    # A grid whose seed 0 at a rate added later (the tuned one) beats the old choice: the old rate's seeds keep
+    # their evaluations on disk, and the row is the new rate's models alone.
+    import dataclasses
+    from pipelines.engine.solving import RunResult
+    study = tmp_path / "varied"
+    for folder in ("runs", "lengthgen"):
+        (study / folder).mkdir(parents=True)
+    runs = [(0.004, 0, 40_000, 0.5), (0.004, 1, 40_000, 0.6), (0.004, 2, 40_000, 0.7), (0.023, 0, 9_600, 1.0)]
+    for lr, seed, solved_at, accuracy in runs:
+        key = f"mingru-hard-var50to200-lr{lr:g}-seed{seed}"
+        result = RunResult("mingru", "hard-var50to200", seed, True, solved_at, solved_at, 1.0, 0, 1.0, [], lr=lr)
+        (study / "runs" / f"{key}.json").write_text(json.dumps(
+            {"settings": {"cell": "mingru", "level": "hard-var50to200"}, "result": dataclasses.asdict(result)}))
+        (study / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
+    table, trained_on = grid_lib.saved_lengthgen(study)
+    assert table == {"mingru": {"hard-len200": [1.0]}} and trained_on == "hard-var50to200"

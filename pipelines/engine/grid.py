@@ -131,10 +131,13 @@ def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
     table: dict[str, dict[str, list[float]]] = {}
     levels = set()
     results = results_of(Study(out, KIND)) if (out / "runs").is_dir() else {}
-    # Every saved run with an evaluation, by family and seed (an evaluation whose run was moved away is ignored).
+    # The runs of each row (a grid's chosen rate, a search's final seeds): a grid whose choice moved to a rate
+    # added later keeps its earlier rate's evaluations on disk, and they are not the row's.
+    rows = {id(r) for selection in leaderboard.select(list(results.values())).values() for r in selection.runs}
+    # Every row's saved run with an evaluation, by family and seed (one whose run was moved away is ignored).
     for key, result in sorted(results.items(), key=lambda item: (item[1].cell, item[1].seed)):
         path = out / "lengthgen" / f"{key}.json"
-        if not path.is_file():
+        if id(result) not in rows or not path.is_file():
             continue
         levels.add(result.level)
         for config, accuracy in json.loads(path.read_text()).items():
