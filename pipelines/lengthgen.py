@@ -14,11 +14,11 @@ A recipe is how a family is trained on sequences of at most 200 symbols (docs/le
   to length 5,000 comes after solving within 200).
 
 Each (family, recipe) is a learning-rate grid on seed 0, then seeds 1 and 2 at the best rate (the
-leaderboard's protocol version 1, pipelines.engine.grid; its grid holds the family's rates of version 1 and, with
-``--fixed-from``, the rate the leaderboard's tuning chose for it on ``hard``), and every model of the chosen rate is evaluated on
-``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the length). The recipes
-that start from a given state need a family whose state can be set; the others are left out of their rows and
-said so. ``--pascanu`` instead runs Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
+leaderboard's protocol version 1, pipelines.engine.grid; its grid holds the family's rates of version 1 and,
+with ``--fixed-from``, the rate the leaderboard's tuning chose for it on ``hard``), and every model of the chosen
+rate is evaluated on ``hard-len200`` ... ``hard-len10000`` (the relevant symbols at the same fractions of the
+length). The recipes that start from a given state need a family whose state can be set; the others are left out
+of their rows and said so. ``--pascanu`` instead runs Pascanu et al.'s experiment: their RNN, their lengths (50-199, one
 length per batch), SGD at 0.01 on batches of 20, clipping at 1, Omega at 4, 5 seeds, stopped as
 their code stops (no validation sequence wrong), evaluated on 10,000 sequences at each length from 50 to 10,000
 with their positions.
@@ -41,9 +41,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from pipelines.engine import reporting
+from pipelines.engine import leaderboard, reporting
 from pipelines.engine.errors import guarded
-from pipelines.engine import leaderboard
 from pipelines.engine.grid import FAMILIES, KIND, Family, results_of, run_grid, saved_lengthgen
 from pipelines.engine.study import Study
 from qrsu_data import task
@@ -278,8 +277,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="the seeds: the learning rate is chosen on the first (default: 0 1 2; --pascanu: 0-4)")
     p.add_argument("--lrs", nargs="+", type=float, default=None,
-                   help="learning rates tried on the first seed (default: each family's of the leaderboard's version 1, and "
-                        "with --fixed-from the rate its tuning chose on hard)")
+                   help="learning rates tried on the first seed (default: each family's of the leaderboard's "
+                        "version 1, and with --fixed-from the rate its tuning chose on hard)")
     p.add_argument("--hidden", type=int, default=None, help="width of every family (default: each family's)")
     p.add_argument("--workers", type=int, default=None, help="runs side by side (default: one per core)")
     p.add_argument("--address", default=None, help="an existing Ray cluster to run on")
@@ -331,13 +330,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         fixed_from, given = fixed_source(out, args.fixed_from)
-        # The other recipes try each family's rate tuned on hard as well as its grid: the grid alone is version 1's,
-        # below the rates the tuning found (minGRU: 0.023 against at most 0.01).
-        rates = leaderboard_rates(fixed_from) if fixed_from is not None else {}
         if args.fixed_from is not None:
             out.mkdir(parents=True, exist_ok=True)
             reporting.write_json(out / FIXED_FROM, {"study": os.path.relpath(fixed_from, out.absolute())})
         if not args.replot:
+            # The other recipes try each family's rate tuned on hard as well as its grid: the grid alone is version
+            # 1's, below the rates the tuning found (minGRU: 0.023 against at most 0.01). Read only when training.
+            rates = leaderboard_rates(fixed_from) if fixed_from is not None else {}
             for recipe in args.recipes:
                 cells = [c for c in args.cells if applicable(c, recipe)]
                 skipped = sorted(set(args.cells) - set(cells))
