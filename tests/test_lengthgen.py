@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import lengthgen
@@ -60,6 +61,18 @@ def test_the_matrix_end_to_end(tmp_path, ray_cluster, capsys, monkeypatch):
     assert record == {"hard-len200": saved["hard-len200"]}  # the same 32 sequences the study evaluated
     with pytest.raises(ValueError, match=f"no saved run 'nope' in .*; its saved runs: {key}"):
         evaluate_saved_run(out / "noise", "nope", ["hard-len200"], 32)
+    # --confusion: the same sequences' confusion matrix, its diagonal the accuracy above, written with --out.
+    from examples import evaluate_saved_run as example
+    written = tmp_path / "confusion.json"
+    assert example.main([os.fspath(out / "noise"), key, "--sequences", "32", "--lengths", "200", "--confusion",
+                         "--data-dir", os.fspath(tmp_path / "data"), "--out", os.fspath(written)]) == 0
+    confusion = json.loads(written.read_text())
+    counts = np.asarray(confusion["confusion"]["hard-len200"][example.COUNTS])
+    assert counts.shape == (4, 4) and counts.sum() == 32 and confusion["confusion"]["hard-len200"]["classes"] == [
+        "Q", "R", "S", "U"]
+    assert confusion["accuracy"] == record and np.trace(counts) == round(32 * record["hard-len200"])
+    assert example.main([os.fspath(out / "noise"), key, "--sequences", "0"]) == 2
+    assert "--sequences must be positive" in capsys.readouterr().err
     capsys.readouterr()
     # The matrix holds every recipe studied in --out, whichever recipes the command names.
     others = [a if a != "noise" else "varied" for a in args]

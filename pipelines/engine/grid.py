@@ -263,9 +263,7 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
     for config in configs:
         dataset = splits.SplitSpec.parse(config)
         ensure_built(dataset, data_dir)
-        # Batches of at most ~1M tokens: the Transformer's attention grows with the square of length.
-        batch = max(sharding.num_devices, min(1024, EVAL_BATCH_TOKENS // dataset.level_def.max_length))
-        batch -= batch % sharding.num_devices
+        batch = eval_batch(sharding, dataset)
         evaluator = Evaluator(model, sharding, batch)
         if inflight is None:
             record[config] = evaluator.evaluate(params, dataset, "test", data_dir=data_dir, limit=limit)["accuracy"]
@@ -283,6 +281,13 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
                 monitor(scored, 1.0 - wrong / scored)
         record[config] = 1.0 - wrong / total
     return record
+
+
+def eval_batch(sharding: Sharding, dataset: splits.SplitSpec) -> int:
+    """The evaluation batch at ``dataset``'s length: at most ~1M tokens (the Transformer's attention grows with
+    the square of length), at most 1,024 rows, a multiple of the devices."""
+    batch = max(sharding.num_devices, min(1024, EVAL_BATCH_TOKENS // dataset.level_def.max_length))
+    return batch - batch % sharding.num_devices
 
 
 def tally_name(spec: RunSpec, config: str) -> str:
