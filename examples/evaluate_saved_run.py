@@ -22,12 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.engine import reporting
-from pipelines.engine.evaluator import Evaluator
-from pipelines.engine.grid import eval_batch, evaluate_lengths
-from pipelines.engine.session import ensure_built
-from pipelines.engine.sharding import Sharding
-from pipelines.engine.solving import RunSpec, model_with_params
-from qrsu_data import splits
+from pipelines.engine.grid import evaluate_lengths, evaluators_at
+from pipelines.engine.solving import RunSpec
 
 
 COUNTS = "rows: true class, columns: predicted"
@@ -58,16 +54,11 @@ def confusion_of_saved_run(folder: Path, key: str, configs: list[str], sequences
                            data_dir: str | None = None) -> dict[str, dict]:
     """config -> the confusion matrix (rows: true class, columns: predicted) of the run ``key`` on the config's
     first ``sequences`` test sequences, with the class names."""
-    spec, flat = saved_run(folder, key)
-    model, params = model_with_params(spec, flat, data_dir)
-    sharding = Sharding.create()
     found = {}
-    for config in configs:
-        dataset = splits.SplitSpec.parse(config)
-        ensure_built(dataset, data_dir)
+    for config, (dataset, evaluator, params) in zip(configs, evaluators_at(*saved_run(folder, key), configs,
+                                                                           data_dir)):
         classes = dataset.level_def.classes
-        p = Evaluator(model, sharding, eval_batch(sharding, dataset)).predict(params, dataset, "test",
-                                                                             data_dir=data_dir, limit=sequences)
+        p = evaluator.predict(params, dataset, "test", data_dir=data_dir, limit=sequences)
         counts = np.zeros((len(classes), len(classes)), np.int64)
         np.add.at(counts, (p.labels, p.predicted), 1)
         found[config] = {"classes": list(classes), COUNTS: counts.tolist()}

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -257,14 +257,9 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
     """Test accuracy of the model of run ``spec`` with parameters ``flat`` (solving.flat_params) on each suite
     config (its first ``limit`` test sequences); a task of the pool. With ``inflight`` (a study's folder of
     snapshots) each config's count is saved batch by batch and a stopped evaluation goes on where it was."""
-    model, params = model_with_params(spec, flat, data_dir)
-    sharding = Sharding.create()
     record = {}
-    for config in configs:
-        dataset = splits.SplitSpec.parse(config)
-        ensure_built(dataset, data_dir)
-        batch = eval_batch(sharding, dataset)
-        evaluator = Evaluator(model, sharding, batch)
+    for config, (dataset, evaluator, params) in zip(configs, evaluators_at(spec, flat, configs, data_dir)):
+        batch = evaluator.batch_size
         if inflight is None:
             record[config] = evaluator.evaluate(params, dataset, "test", data_dir=data_dir, limit=limit)["accuracy"]
             continue
@@ -281,6 +276,18 @@ def evaluate_lengths(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[s
                 monitor(scored, 1.0 - wrong / scored)
         record[config] = 1.0 - wrong / total
     return record
+
+
+def evaluators_at(spec: RunSpec, flat: dict[str, np.ndarray], configs: list[str], data_dir
+                  ) -> Iterator[tuple[splits.SplitSpec, Evaluator, dict]]:
+    """For each suite config in turn: its dataset (built if need be), an evaluator of run ``spec``'s model at its
+    length, and the model's parameters (from ``flat``)."""
+    model, params = model_with_params(spec, flat, data_dir)
+    sharding = Sharding.create()
+    for config in configs:
+        dataset = splits.SplitSpec.parse(config)
+        ensure_built(dataset, data_dir)
+        yield dataset, Evaluator(model, sharding, eval_batch(sharding, dataset)), params
 
 
 def eval_batch(sharding: Sharding, dataset: splits.SplitSpec) -> int:
