@@ -24,6 +24,7 @@ import numpy as np
 from pipelines.engine import reporting
 from pipelines.engine.grid import evaluate_lengths, evaluators_at
 from pipelines.engine.solving import RunSpec
+from pipelines.evaluate import confusion_counts
 
 
 COUNTS = "rows: true class, columns: predicted"
@@ -59,8 +60,7 @@ def confusion_of_saved_run(folder: Path, key: str, configs: list[str], sequences
                                                                            data_dir)):
         classes = dataset.level_def.classes
         p = evaluator.predict(params, dataset, "test", data_dir=data_dir, limit=sequences)
-        counts = np.zeros((len(classes), len(classes)), np.int64)
-        np.add.at(counts, (p.labels, p.predicted), 1)
+        counts = confusion_counts(p.labels, p.predicted, len(classes))
         found[config] = {"classes": list(classes), COUNTS: counts.tolist()}
     return found
 

@@ -43,12 +43,17 @@ def lag_bins(lags: np.ndarray, max_bins: int = MAX_LAG_ROWS) -> list[tuple[int, 
     return [(a, b) for a, b in bins if np.any((lags >= a) & (lags <= b))]
 
 
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [num_classes, num_classes]: how many examples of each true class (row) got each prediction (column)."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    return confusion
+
+
 def summarize(labels: np.ndarray, predicted: np.ndarray, positions: np.ndarray, level: task.Level) -> dict[str, Any]:
     """Overall and per-class accuracy, the confusion matrix and accuracy by lag, as a JSON-ready dict."""
     correct = predicted == labels
-    k = level.num_classes
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
+    confusion = confusion_counts(labels, predicted, level.num_classes)
     per_class = []
     for c, name in enumerate(level.classes):
         rows = labels == c
