@@ -43,7 +43,7 @@ from pathlib import Path
 
 from pipelines.engine import leaderboard, reporting
 from pipelines.engine.errors import guarded
-from pipelines.engine.grid import FAMILIES, KIND, Family, results_of, run_grid, saved_lengthgen
+from pipelines.engine.grid import FAMILIES, KIND, Family, results_of, run_grid, saved_lengthgen, write_tables
 from pipelines.engine.study import Study
 from qrsu_data import task
 from qrsu_models import registry
@@ -289,7 +289,8 @@ def parser() -> argparse.ArgumentParser:
                         "docs/leaderboard2 say; tuned, 5 seeds, evaluated at the same lengths) instead of training "
                         "them; families it lacks are trained. Its tuned rates on hard join the other recipes' grids. "
                         "Recorded in --out for later commands")
-    p.add_argument("--replot", action="store_true", help="train nothing: rewrite the matrix from --out's studies")
+    p.add_argument("--replot", action="store_true",
+                   help="train nothing: rewrite the matrix, and each recipe's tables, from --out's studies")
     return p
 
 
@@ -350,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
                 run_grid(study_args(recipe, cells, out, args, rates))
+        else:  # a study stopped mid-way left its folder's tables at its last finish; the matrix reads the runs
+            for recipe in RECIPES:
+                if (out / recipe / "runs").is_dir():
+                    write_tables(out / recipe)
         found = matrix(out, list(RECIPES), given)  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)

@@ -17,6 +17,11 @@ EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C or SIGTERM (128 + SIGINT), after saving what there was to save."""
 
 
+INTERRUPTED = ("interrupted; what was finished is saved and nothing is half-written: run the same command again "
+               "to go on from there")
+"""What a stopped command says: the user's next step, not only what happened."""
+
+
 class CommandError(RuntimeError):
     """A command that cannot do its work; the message says why and what to do."""
 
@@ -60,5 +65,5 @@ def guarded(main: Callable[[], int]) -> int:
         error(e)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        error("interrupted")
+        error(INTERRUPTED)
         return EXIT_INTERRUPTED
