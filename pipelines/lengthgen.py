@@ -325,12 +325,18 @@ def main(argv: list[str] | None = None) -> int:
             args.budget = args.budget or 10_000_000
             args.check_every = args.check_every or 20_000
             study = pascanu_args(args)
+            if args.replot and not (Path(study.out) / "runs").is_dir():
+                raise ValueError(f"--replot: no Pascanu study in {study.out}; give the --out of an earlier "
+                                 f"--pascanu command (with its --pascanu-train and --pascanu-buckets)")
             if not args.replot:
                 run_grid(study)
             print(pascanu_table(Path(study.out)))
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         fixed_from, given = fixed_source(out, args.fixed_from)
+        if args.replot and not given and not any((out / r / "runs").is_dir() for r in RECIPES):
+            raise ValueError(f"--replot: no recipe's study in {out} (folders {', '.join(RECIPES)}); give the --out "
+                             f"of an earlier lengthgen command (docs/lengthgen, say)")
         if args.fixed_from is not None:
             out.mkdir(parents=True, exist_ok=True)
             reporting.write_json(out / FIXED_FROM, {"study": os.path.relpath(fixed_from, out.absolute())})

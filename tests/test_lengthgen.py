@@ -177,7 +177,8 @@ def _leaderboard_study(study: Path, accuracies: dict[str, list[float]], level: s
     for cell, per_seed in accuracies.items():
         for seed, accuracy in enumerate(per_seed):
             key = f"{cell}-{level}-final-seed{seed}"
-            result = RunResult(cell, level, seed, True, 3_200, 3_200, 1.0, 0, 1.0, [], role="final", lr=lr)
+            result = RunResult(cell, level, seed, True, 3_200, 3_200, 1.0, 0, 1.0, [(3_200, 1.0)], role="final",
+                               lr=lr)
             (study / "runs" / f"{key}.json").write_text(json.dumps(
                 {"settings": {"cell": cell, "level": level}, "result": dataclasses.asdict(result)}))
             (study / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
@@ -236,9 +237,18 @@ def test_a_row_holds_the_evaluations_of_its_chosen_rate_only(tmp_path):
     runs = [(0.004, 0, 40_000, 0.5), (0.004, 1, 40_000, 0.6), (0.004, 2, 40_000, 0.7), (0.023, 0, 9_600, 1.0)]
     for lr, seed, solved_at, accuracy in runs:
         key = f"mingru-hard-var50to200-lr{lr:g}-seed{seed}"
-        result = RunResult("mingru", "hard-var50to200", seed, True, solved_at, solved_at, 1.0, 0, 1.0, [], lr=lr)
+        result = RunResult("mingru", "hard-var50to200", seed, True, solved_at, solved_at, 1.0, 0, 1.0,
+                           [(solved_at, 1.0)], lr=lr)
         (study / "runs" / f"{key}.json").write_text(json.dumps(
             {"settings": {"cell": "mingru", "level": "hard-var50to200"}, "result": dataclasses.asdict(result)}))
         (study / "lengthgen" / f"{key}.json").write_text(json.dumps({"hard-len200": accuracy}))
     table, trained_on = grid_lib.saved_lengthgen(study)
     assert table == {"mingru": {"hard-len200": [1.0]}} and trained_on == "hard-var50to200"
+
+
+def test_replot_of_a_folder_without_studies_is_refused_and_nothing_is_written(tmp_path, capsys):
+    # A mistyped --out: a message naming the folder, not an empty matrix written into a new folder.
+    for pascanu in ([], ["--pascanu"]):
+        assert lengthgen.main(["--out", os.fspath(tmp_path / "typo"), "--replot", *pascanu]) == 2
+        assert "--replot: no " in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
