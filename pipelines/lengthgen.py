@@ -199,17 +199,19 @@ def fixed_source(out: Path, asked: str | None) -> tuple[Path | None, dict[str, d
 
 
 def markdown(found: dict, lengths: tuple[int, ...]) -> str:
-    """The matrix as a table: median (min-max) test accuracy over seeds, per family, recipe and length."""
+    """The matrix as a table: median (min-max) test accuracy over seeds, per family, recipe and length, and the
+    number of seeds (a row still being filled has fewer)."""
     configs = [f"hard-len{n}" for n in lengths]
-    lines = ["| family | recipe | " + " | ".join(f"{n:,}" for n in lengths) + " |",
-             "|---|---" + "|---" * len(lengths) + "|"]
+    lines = ["| family | recipe | seeds | " + " | ".join(f"{n:,}" for n in lengths) + " |",
+             "|---|---|---" + "|---" * len(lengths) + "|"]
     for cell, per_recipe in found.items():
         for recipe, per in per_recipe.items():
             cells = []
             for c in configs:
                 acc = per.get(c, [])
                 cells.append(f"{statistics.median(acc):.3f} ({min(acc):.2f}-{max(acc):.2f})" if acc else "")
-            lines.append(f"| {cell} | {recipe} | " + " | ".join(cells) + " |")
+            seeds = max((len(per.get(c, [])) for c in configs), default=0)
+            lines.append(f"| {cell} | {recipe} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

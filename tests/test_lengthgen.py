@@ -32,9 +32,11 @@ def test_recipes_that_set_the_state_need_a_family_whose_state_can_be_set():
 
 
 def test_the_matrix_table_gives_the_median_and_range_over_seeds():
-    found = {"lstm": {"fixed": {"hard-len200": [0.5, 0.9, 0.7]}, "passed": {"hard-len200": [1.0, 1.0, 0.98]}}}
+    found = {"lstm": {"fixed": {"hard-len200": [0.5, 0.9, 0.7]}, "passed": {"hard-len200": [1.0, 0.98]}}}
     table = lengthgen.markdown(found, (200, 500))
-    assert "| lstm | fixed | 0.700 (0.50-0.90) |  |" in table and "| lstm | passed | 1.000 (0.98-1.00) |" in table
+    # The seed count shows a row still being filled (here passed, with 2 seeds of 3).
+    assert "| lstm | fixed | 3 | 0.700 (0.50-0.90) |  |" in table
+    assert "| lstm | passed | 2 | 0.990 (0.98-1.00) |" in table
 
 
 @pytest.mark.slow
@@ -200,7 +202,7 @@ def test_the_fixed_rows_come_from_a_leaderboard_study_and_its_folder_is_remember
     # A later command without the flag keeps the rows: the study's folder was recorded, relative to --out.
     (out / "matrix.json").unlink()
     assert lengthgen.main(args) == 0 and json.loads((out / "matrix.json").read_text()) == found
-    assert "| mingru | fixed | 1.000 (0.75-1.00) |" in capsys.readouterr().out
+    assert "| mingru | fixed | 5 | 1.000 (0.75-1.00) |" in capsys.readouterr().out
 
 
 def test_a_fixed_from_folder_without_hard_models_is_refused_and_nothing_is_written(tmp_path, capsys):
