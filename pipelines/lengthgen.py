@@ -44,7 +44,7 @@ from pathlib import Path
 from pipelines.engine import leaderboard, reporting
 from pipelines.engine.errors import guarded
 from pipelines.engine.grid import FAMILIES, KIND, Family, results_of, run_grid, saved_lengthgen, write_tables
-from pipelines.engine.study import Study
+from pipelines.engine.study import Study, has_runs
 from qrsu_data import task
 from qrsu_models import registry
 
@@ -89,7 +89,7 @@ def pascanu_config(length: int) -> str:
 
 def leaderboard_rates(study: Path) -> dict[str, float]:
     """family -> the learning rate a leaderboard study's tuning chose for it on ``hard`` (2 significant figures)."""
-    results = results_of(Study(study, KIND)) if (study / "runs").is_dir() else {}
+    results = results_of(Study(study, KIND)) if has_runs(study) else {}
     chosen = leaderboard.select([r for r in results.values() if r.level == "hard"])
     return {cell: float(f"{s.lr:.2g}") for (cell, _), s in chosen.items() if s.lr is not None}
 
@@ -155,7 +155,7 @@ def matrix(out: Path, recipes: list[str], fixed_rows: dict[str, dict[str, list[f
     the ``fixed`` rows of the families it lacks from ``fixed_rows``, a leaderboard's: :func:`fixed_source`)."""
     found: dict[str, dict[str, dict[str, list[float]]]] = {}
     for recipe in recipes:
-        table = saved_lengthgen(out / recipe)[0] if (out / recipe / "runs").is_dir() else {}
+        table = saved_lengthgen(out / recipe)[0] if has_runs(out / recipe) else {}
         if recipe == "fixed":
             table = {**(fixed_rows or {}), **table}
         for cell, per in table.items():
@@ -174,7 +174,7 @@ FIXED_FROM = "fixed-from.json"
 def leaderboard_fixed(study: Path) -> dict[str, dict[str, list[float]]]:
     """family -> suite config -> accuracies by seed of a leaderboard study's models trained on ``hard`` (the
     ``fixed`` recipe: the same level, zero states, stopped at solving); ValueError if ``study`` holds none."""
-    table, trained_on = saved_lengthgen(study) if (study / "runs").is_dir() else ({}, "")
+    table, trained_on = saved_lengthgen(study) if has_runs(study) else ({}, "")
     if trained_on != "hard" or not table:
         raise ValueError(f"--fixed-from {study}: no evaluations at length of models trained on hard there; give "
                          f"the --out folder of a pipelines.experiment study (docs/leaderboard2, say)")
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             args.budget = args.budget or 10_000_000
             args.check_every = args.check_every or 20_000
             study = pascanu_args(args)
-            if args.replot and not (Path(study.out) / "runs").is_dir():
+            if args.replot and not has_runs(study.out):
                 raise ValueError(f"--replot: no Pascanu study in {study.out}; give the --out of an earlier "
                                  f"--pascanu command (with its --pascanu-train and --pascanu-buckets)")
             if not args.replot:
@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.budget, args.check_every = args.budget or BUDGET, args.check_every or CHECK_EVERY
         fixed_from, given = fixed_source(out, args.fixed_from)
-        if args.replot and not given and not any((out / r / "runs").is_dir() for r in RECIPES):
+        studied = [r for r in RECIPES if has_runs(out / r)]
+        if args.replot and not given and not studied:
             raise ValueError(f"--replot: no recipe's study in {out} (folders {', '.join(RECIPES)}); give the --out "
                              f"of an earlier lengthgen command (docs/lengthgen, say)")
         if args.fixed_from is not None:
@@ -360,9 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Recipe {recipe!r}: {', '.join(cells)}", flush=True)
                 run_grid(study_args(recipe, cells, out, args, rates))
         else:  # a study stopped mid-way left its folder's tables at its last finish; the matrix reads the runs
-            for recipe in RECIPES:
-                if (out / recipe / "runs").is_dir():
-                    write_tables(out / recipe)
+            for recipe in studied:
+                write_tables(out / recipe)
         found = matrix(out, list(RECIPES), given)  # every recipe studied in --out, not only this command's
         lengths = tuple(args.lengths)
         table = markdown(found, lengths)

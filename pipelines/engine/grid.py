@@ -24,7 +24,7 @@ from pipelines.engine.sharding import Sharding
 from pipelines.engine.snapshots import INFLIGHT
 from pipelines.engine.solving import (SOLVED_ERROR, RunResult, RunSpec, model_with_params, run_one, save_params,
                                       write_events)
-from pipelines.engine.study import Study, StudyError
+from pipelines.engine.study import Study, StudyError, has_runs
 from pipelines.engine.tuning import SearchSpace, TunedPlan
 from qrsu_data import splits
 from qrsu_models import registry
@@ -114,7 +114,7 @@ def results_of(study: Study) -> dict[str, RunResult]:
 
 def load_results(out: Path) -> list[RunResult]:
     """Every finished run saved in ``out`` (its runs/ folder, or a results.json of an earlier version)."""
-    if (out / "runs").is_dir():
+    if has_runs(out):
         return list(results_of(Study(out, KIND)).values())
     path = out / "results.json"
     try:
@@ -130,7 +130,7 @@ def saved_lengthgen(out: Path) -> tuple[dict[str, dict[str, list[float]]], str]:
     """(family -> suite config -> accuracies by seed, the level trained on) of every evaluation in ``out``/lengthgen."""
     table: dict[str, dict[str, list[float]]] = {}
     levels = set()
-    results = results_of(Study(out, KIND)) if (out / "runs").is_dir() else {}
+    results = results_of(Study(out, KIND)) if has_runs(out) else {}
     # The runs of each row (a grid's chosen rate, a search's final seeds): a grid whose choice moved to a rate
     # added later keeps its earlier rate's evaluations on disk, and they are not the row's.
     rows = {id(r) for selection in leaderboard.select(list(results.values())).values() for r in selection.runs}

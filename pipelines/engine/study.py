@@ -23,6 +23,11 @@ STUDY_FILE = "study.json"
 RUNS = "runs"
 
 
+def has_runs(out: str | os.PathLike) -> bool:
+    """Whether the folder ``out`` holds a study's saved runs (its ``runs/`` folder)."""
+    return (Path(out) / RUNS).is_dir()
+
+
 class StudyError(CommandError):
     """An output folder that cannot take this study's results; the message says why and what to do."""
 
